@@ -1,0 +1,2 @@
+//! shoal: a BitTorrent-like peer-to-peer file-sharing network.
+pub mod wire;
