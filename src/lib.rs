@@ -1,8 +1,15 @@
 //! shoal: a BitTorrent-like peer-to-peer file-sharing network.
 //!
-//! Start reading at [`wire`] (the bytes), then [`reactor`] (the event loop),
-//! [`storage`] (a node's folder), [`tracker`] and [`node`] (the protocols).
+//! A tracker knows which nodes own which file; nodes share files from their
+//! folder and download files in parallel pieces from every owner at once.
+//! Each process is one single-threaded mio reactor.
+//!
+//! Start reading at [`wire`] (the bytes on the wire), then [`reactor`] (the
+//! event loop), [`storage`] (a node's folder), and the two protocols,
+//! [`tracker`] and [`node`]. Dependencies point one way:
+//! `bin → tracker / node → reactor, wire, storage`.
 
+pub mod logging;
 pub mod node;
 pub mod reactor;
 pub mod storage;

@@ -1,1 +1,20 @@
-//! node (placeholder)
+//! The node: shares files from its folder and downloads files from their owners.
+//!
+//! Sans-IO parts, each driven with the time passed in: [`download`] (one
+//! download's state machine), [`picker`] (which piece next), [`serve`]
+//! (answering one downloader), [`rate`] (the upload limit), [`command`]
+//! (stdin). [`run`] joins them to a reactor and the node's folder.
+
+pub mod bitfield;
+pub mod command;
+pub mod config;
+pub mod download;
+pub mod peer;
+pub mod picker;
+pub mod progress;
+pub mod rate;
+pub mod run;
+pub mod serve;
+
+pub use config::NodeConfig;
+pub use run::{bind, NodeServer, RunReport};

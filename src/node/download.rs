@@ -1,0 +1,925 @@
+//! One download's sans-IO state machine: owners → layout → hashes → pieces → done.
+//!
+//! Inputs are method calls with the time passed in (`on_owners`, `on_connected`,
+//! `on_message`, `on_closed`, `handle_timeout`); outputs are connection actions
+//! through a [`PeerIo`] the caller supplies, and [`Notice`]s polled with
+//! [`Download::poll_notice`]. Pieces are written through the [`PartStore`]
+//! the caller attaches once the layout is verified, so the whole machine runs
+//! in simulated time against an in-memory store in tests.
+//!
+//! Data safety rules:
+//! - a piece of one block is hashed while still in the read buffer and written
+//!   only if it matches, so bad data never reaches the disk and blame is exact;
+//! - a piece of several blocks is fetched from one owner only (no endgame
+//!   copies), written as it comes, and verified by reading it back;
+//! - a piece that fails its hash drops the owner that sent it, and goes back in
+//!   the queue for the others.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use super::bitfield::Bitfield;
+use super::peer::{Outstanding, Peer, PeerPhase, SlotId};
+use super::picker::Picker;
+use crate::storage::{self, Hash, Layout, PieceStore, StorageError};
+use crate::tracker::short_hex;
+use crate::wire::{
+    BlockRequest, FileInfo, Message, Owner, RootHash, SizeInformation, MAX_BLOCK_LEN,
+    MAX_HASHES_PER_FRAME,
+};
+
+/// Storage a download writes into: positioned writes plus a persistent record of verified pieces.
+pub trait PartStore: PieceStore {
+    /// Records `piece` as verified (survives a crash; re-checked on resume).
+    fn mark_done(&mut self, piece: u32) -> Result<(), StorageError>;
+    /// Records `piece` as not verified (it failed its check on resume).
+    fn mark_bad(&mut self, piece: u32) -> Result<(), StorageError>;
+}
+
+impl PartStore for storage::PartialFile {
+    fn mark_done(&mut self, piece: u32) -> Result<(), StorageError> {
+        storage::PartialFile::mark_done(self, piece)
+    }
+    fn mark_bad(&mut self, piece: u32) -> Result<(), StorageError> {
+        storage::PartialFile::mark_bad(self, piece)
+    }
+}
+
+impl PartStore for storage::MemStore {
+    fn mark_done(&mut self, _piece: u32) -> Result<(), StorageError> {
+        Ok(())
+    }
+    fn mark_bad(&mut self, _piece: u32) -> Result<(), StorageError> {
+        Ok(())
+    }
+}
+
+/// Connection actions a download asks of its driver.
+pub trait PeerIo {
+    /// Open a connection for `slot` to `addr`; report back with `on_connected` or `on_closed`.
+    fn connect(&mut self, slot: SlotId, addr: SocketAddr);
+    /// Send `msg` on `slot`'s connection.
+    fn send(&mut self, slot: SlotId, msg: &Message<'_>);
+    /// Close `slot`'s connection; no `on_closed` is expected for it.
+    fn disconnect(&mut self, slot: SlotId);
+}
+
+/// What a download tells its driver.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Notice {
+    /// The version and layout are known and verified: attach a store with [`Download::attach_store`].
+    NeedStore {
+        /// Size, piece size and root of the version being fetched.
+        info: FileInfo,
+    },
+    /// A piece was verified and written: others may now be served it.
+    PieceDone(u32),
+    /// Every piece is verified: flush and rename the store, then call [`Download::finished`].
+    Complete,
+    /// The download stopped; verified pieces stay on disk for a resume.
+    Failed(String),
+}
+
+/// Timeouts and bounds of a download, each documented in the README.
+#[derive(Clone, Debug)]
+pub struct DownloadConfig {
+    /// A TCP connect or the size answer taking longer than this drops the owner.
+    pub connect_timeout: Duration,
+    /// An owner with requests outstanding and no measured rate yet gets this long for its first bytes.
+    pub first_byte_timeout: Duration,
+    /// Shortest stall timeout for an owner with a measured rate.
+    pub min_stall_timeout: Duration,
+    /// How long missing pieces may have no reachable owner before the download fails.
+    pub no_source_timeout: Duration,
+    /// First wait before reconnecting to an owner that dropped; doubles per attempt.
+    pub reconnect_backoff: Duration,
+    /// Most owners connected at once.
+    pub max_peers: usize,
+    /// Bytes of claimed pieces re-verified per step on resume.
+    pub verify_step_bytes: u64,
+}
+
+impl Default for DownloadConfig {
+    fn default() -> Self {
+        DownloadConfig {
+            connect_timeout: Duration::from_secs(5),
+            first_byte_timeout: Duration::from_secs(10),
+            min_stall_timeout: Duration::from_secs(3),
+            no_source_timeout: Duration::from_secs(30),
+            reconnect_backoff: Duration::from_secs(1),
+            max_peers: 64,
+            verify_step_bytes: 32 << 20,
+        }
+    }
+}
+
+/// Where the download stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Waiting for the tracker's owner list.
+    Owners,
+    /// Connected to owners, fetching the piece hashes.
+    Hashes,
+    /// Waiting for the driver to attach storage.
+    Store,
+    /// Re-verifying pieces a previous run left (resume).
+    Verify,
+    /// Fetching pieces.
+    Pieces,
+    /// Every piece verified; the driver is flushing and renaming.
+    Finishing,
+    /// Done and renamed.
+    Done,
+    /// Stopped with an error.
+    Failed,
+}
+
+/// A snapshot for `status` and progress display.
+#[derive(Clone, Debug)]
+pub struct Progress {
+    /// Where it stands.
+    pub phase: Phase,
+    /// Verified bytes.
+    pub done: u64,
+    /// File size (0 until known).
+    pub total: u64,
+    /// Current download rate, bytes per second.
+    pub rate: f64,
+    /// Owners connected and answering.
+    pub owners: usize,
+}
+
+/// A known owner of the chosen version and when it may be tried again.
+#[derive(Clone, Debug)]
+struct Candidate {
+    name: String,
+    retry_at: Option<Instant>,
+    failures: u32,
+}
+
+/// One download.
+pub struct Download<S> {
+    name: String,
+    my_name: String,
+    config: DownloadConfig,
+    phase: Phase,
+    info: Option<FileInfo>,
+    candidates: BTreeMap<SocketAddr, Candidate>,
+    banned: HashSet<SocketAddr>,
+    peers: BTreeMap<SlotId, Peer>,
+    next_slot: SlotId,
+    hashes: Vec<Hash>,
+    hashes_got: Vec<bool>,
+    hash_source: Option<SlotId>,
+    picker: Option<Picker>,
+    store: Option<S>,
+    verify_next: u32,
+    verify_due: Option<Instant>,
+    claimed: Vec<bool>,
+    scratch: Vec<u8>,
+    starving_since: Option<Instant>,
+    next_tick: Instant,
+    notices: VecDeque<Notice>,
+    refetched_bytes: u64,
+}
+
+/// How often rates are sampled and timeouts checked.
+const TICK: Duration = Duration::from_millis(250);
+
+impl<S: PartStore> Download<S> {
+    /// A download of `name` by the node `my_name` (its own entries in owner lists are skipped).
+    pub fn new(name: &str, my_name: &str, config: DownloadConfig, now: Instant) -> Self {
+        Download {
+            name: name.to_owned(),
+            my_name: my_name.to_owned(),
+            config,
+            phase: Phase::Owners,
+            info: None,
+            candidates: BTreeMap::new(),
+            banned: HashSet::new(),
+            peers: BTreeMap::new(),
+            next_slot: 1,
+            hashes: Vec::new(),
+            hashes_got: Vec::new(),
+            hash_source: None,
+            picker: None,
+            store: None,
+            verify_next: 0,
+            verify_due: None,
+            claimed: Vec::new(),
+            scratch: Vec::new(),
+            starving_since: None,
+            next_tick: now + TICK,
+            notices: VecDeque::new(),
+            refetched_bytes: 0,
+        }
+    }
+
+    /// The file name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The version being fetched, once chosen.
+    pub fn info(&self) -> Option<FileInfo> {
+        self.info
+    }
+
+    /// Where it stands.
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// True once finished or failed.
+    pub fn is_over(&self) -> bool {
+        matches!(self.phase, Phase::Done | Phase::Failed)
+    }
+
+    /// Pieces verified so far (None before the layout is known).
+    pub fn have(&self) -> Option<&Bitfield> {
+        self.picker.as_ref().map(Picker::have)
+    }
+
+    /// The attached store, for serving verified pieces to others.
+    pub fn store(&self) -> Option<&S> {
+        self.store.as_ref()
+    }
+
+    /// Hands the store back to the driver (to finish or close it).
+    pub fn take_store(&mut self) -> Option<S> {
+        self.store.take()
+    }
+
+    /// Hands the verified piece hashes to the driver once the download is complete.
+    pub fn hashes_owned(&mut self) -> Vec<Hash> {
+        std::mem::take(&mut self.hashes)
+    }
+
+    /// The piece hashes, once verified.
+    pub fn hashes(&self) -> Option<&[Hash]> {
+        (self.phase as u8 >= Phase::Store as u8 && !self.is_over()).then_some(&self.hashes[..])
+    }
+
+    /// Bytes fetched more than once (bad data, lost owners, endgame copies).
+    pub fn refetched_bytes(&self) -> u64 {
+        self.refetched_bytes
+    }
+
+    /// The next notice for the driver.
+    pub fn poll_notice(&mut self) -> Option<Notice> {
+        self.notices.pop_front()
+    }
+
+    /// A progress snapshot.
+    pub fn progress(&self) -> Progress {
+        let total = self.info.map_or(0, |i| i.size);
+        let done = match (&self.picker, self.layout()) {
+            (Some(picker), Some(layout)) => picker
+                .have()
+                .iter_ones()
+                .map(|p| u64::from(layout.piece_len(p)))
+                .sum(),
+            _ => 0,
+        };
+        Progress {
+            phase: self.phase,
+            done,
+            total,
+            rate: self.peers.values().map(|p| p.rate).sum(),
+            owners: self.peers.values().filter(|p| p.phase == PeerPhase::Ready).count(),
+        }
+    }
+
+    fn layout(&self) -> Option<Layout> {
+        self.info.map(|i| Layout {
+            size: i.size,
+            piece_size: i.piece_size,
+        })
+    }
+
+    /// The tracker's owner list for this file (first answer or an update).
+    pub fn on_owners(&mut self, now: Instant, owners: &[Owner<'_>], io: &mut dyn PeerIo) {
+        if self.is_over() {
+            return;
+        }
+        let owners: Vec<&Owner<'_>> = owners.iter().filter(|o| o.node_name != self.my_name).collect();
+        if self.info.is_none() {
+            if owners.is_empty() {
+                self.fail(io, format!("no owner of {} is known to the tracker", self.name));
+                return;
+            }
+            let info = choose_version(&owners);
+            let holders = owners.iter().filter(|o| o.info.root == info.root).count();
+            let versions: HashSet<RootHash> = owners.iter().map(|o| o.info.root).collect();
+            if versions.len() > 1 {
+                log::warn!(
+                    "{}: {} versions are published; taking {} ({} bytes), held by {} of {} owners",
+                    self.name,
+                    versions.len(),
+                    short_hex(&info.root),
+                    info.size,
+                    holders,
+                    owners.len()
+                );
+            }
+            self.info = Some(info);
+            self.phase = Phase::Hashes;
+            if info.size == 0 {
+                self.hashes.clear();
+                self.phase = Phase::Store;
+                self.notices.push_back(Notice::NeedStore { info });
+            }
+        }
+        let Some(info) = self.info else { return };
+        let listed: HashSet<SocketAddr> = owners.iter().filter(|o| o.info.root == info.root).map(|o| o.addr).collect();
+        self.candidates.retain(|addr, _| listed.contains(addr));
+        for owner in owners.iter().filter(|o| o.info.root == info.root) {
+            if owner.info != info || self.banned.contains(&owner.addr) {
+                continue;
+            }
+            self.candidates.entry(owner.addr).or_insert_with(|| Candidate {
+                name: owner.node_name.to_owned(),
+                retry_at: None,
+                failures: 0,
+            });
+        }
+        self.connect_more(now, io);
+    }
+
+    /// Opens connections to known owners not yet connected, up to the cap.
+    fn connect_more(&mut self, now: Instant, io: &mut dyn PeerIo) {
+        if !matches!(self.phase, Phase::Hashes | Phase::Store | Phase::Verify | Phase::Pieces) || self.info.is_some_and(|i| i.size == 0) {
+            return;
+        }
+        let connected: HashSet<SocketAddr> = self.peers.values().map(|p| p.addr).collect();
+        let ready: Vec<(SocketAddr, String)> = self
+            .candidates
+            .iter()
+            .filter(|(addr, c)| !connected.contains(addr) && c.retry_at.is_none_or(|t| t <= now))
+            .map(|(addr, c)| (*addr, c.name.clone()))
+            .collect();
+        for (addr, name) in ready {
+            if self.peers.len() >= self.config.max_peers {
+                break;
+            }
+            let slot = self.next_slot;
+            self.next_slot += 1;
+            self.peers.insert(slot, Peer::new(addr, name, now));
+            io.connect(slot, addr);
+        }
+    }
+
+    /// `slot`'s connection is up: ask for the layout and pieces.
+    pub fn on_connected(&mut self, now: Instant, slot: SlotId, io: &mut dyn PeerIo) {
+        let Some(info) = self.info else { return };
+        let Some(peer) = self.peers.get_mut(&slot) else { return };
+        if peer.phase != PeerPhase::Connecting {
+            return;
+        }
+        peer.phase = PeerPhase::Asked;
+        peer.last_progress = now;
+        io.send(
+            slot,
+            &Message::SizeInformation(SizeInformation::Question {
+                name: &self.name,
+                root: Some(info.root),
+            }),
+        );
+    }
+
+    /// `slot`'s connection closed (or never opened): its work goes back to the others.
+    pub fn on_closed(&mut self, now: Instant, slot: SlotId, io: &mut dyn PeerIo) {
+        if self.peers.contains_key(&slot) {
+            self.lose_peer(now, slot, None, io);
+        }
+    }
+
+    /// A frame arrived on `slot`.
+    pub fn on_message(&mut self, now: Instant, slot: SlotId, msg: &Message<'_>, io: &mut dyn PeerIo) {
+        if !self.peers.contains_key(&slot) || self.is_over() {
+            return;
+        }
+        match msg {
+            Message::SizeInformation(SizeInformation::Answer { name, info, have }) => {
+                self.on_answer(now, slot, name, info, have, io)
+            }
+            Message::Hashes { root, first, hashes } => self.on_hashes(now, slot, root, *first, hashes, io),
+            Message::FileCommunication(block) => {
+                if Some(block.root) != self.info.map(|i| i.root) {
+                    self.lose_peer(now, slot, Some("sent data of another file"), io);
+                } else {
+                    self.on_block(now, slot, block.piece, block.offset, block.data, io);
+                }
+            }
+            Message::HavePiece { root, piece } => {
+                if Some(*root) == self.info.map(|i| i.root) {
+                    if let Some(peer) = self.peers.get_mut(&slot) {
+                        if peer.phase == PeerPhase::Ready && peer.has.set(*piece) {
+                            if let Some(picker) = self.picker.as_mut() {
+                                picker.gained(*piece);
+                            }
+                        }
+                    }
+                    self.starving_since = None;
+                    self.fill(now, io);
+                }
+            }
+            Message::Error { code, reason } => {
+                let why = format!("refused: {code:?}: {reason}");
+                self.lose_peer(now, slot, Some(&why), io);
+            }
+            Message::KeepAlive => {}
+            other => {
+                let why = format!("sent an unexpected message of type {}", other.type_code());
+                self.lose_peer(now, slot, Some(&why), io);
+            }
+        }
+    }
+
+    fn on_answer(&mut self, now: Instant, slot: SlotId, name: &str, info: &FileInfo, have: &[u8], io: &mut dyn PeerIo) {
+        let Some(expected) = self.info else { return };
+        if name != self.name || *info != expected {
+            self.lose_peer(now, slot, Some("answered with another file's layout"), io);
+            return;
+        }
+        let pieces = layout_of(expected).piece_count();
+        let Some(has) = Bitfield::from_wire(have, pieces) else {
+            self.lose_peer(now, slot, Some("sent a malformed piece bitfield"), io);
+            return;
+        };
+        let Some(peer) = self.peers.get_mut(&slot) else { return };
+        peer.phase = PeerPhase::Ready;
+        peer.last_progress = now;
+        peer.has = has;
+        if let Some(c) = self.candidates.get_mut(&peer.addr) {
+            c.failures = 0;
+        }
+        if let Some(picker) = self.picker.as_mut() {
+            picker.add_owner(&peer.has);
+        }
+        self.starving_since = None;
+        self.request_hashes(now, io);
+        self.fill(now, io);
+    }
+
+    /// Asks one ready owner for every piece hash not yet received.
+    fn request_hashes(&mut self, now: Instant, io: &mut dyn PeerIo) {
+        if self.phase != Phase::Hashes || self.hash_source.is_some() {
+            return;
+        }
+        let Some(info) = self.info else { return };
+        let Some((&slot, peer)) = self.peers.iter_mut().find(|(_, p)| p.phase == PeerPhase::Ready) else {
+            return;
+        };
+        let pieces = layout_of(info).piece_count();
+        if self.hashes.len() != pieces as usize {
+            self.hashes = vec![[0; 32]; pieces as usize];
+            self.hashes_got = vec![false; pieces as usize];
+        }
+        self.hash_source = Some(slot);
+        peer.last_progress = now;
+        let mut first = 0;
+        while first < pieces {
+            let count = (pieces - first).min(MAX_HASHES_PER_FRAME);
+            if !self.hashes_got[first as usize] {
+                io.send(
+                    slot,
+                    &Message::HashRequest {
+                        root: info.root,
+                        first,
+                        count,
+                    },
+                );
+            }
+            first += count;
+        }
+    }
+
+    fn on_hashes(&mut self, now: Instant, slot: SlotId, root: &RootHash, first: u32, hashes: &[u8], io: &mut dyn PeerIo) {
+        let Some(info) = self.info else { return };
+        if self.phase != Phase::Hashes || self.hash_source != Some(slot) {
+            return;
+        }
+        let count = hashes.len() / 32;
+        let fits = (first as usize).checked_add(count).is_some_and(|end| end <= self.hashes.len());
+        if *root != info.root || !fits || hashes.len() % 32 != 0 {
+            self.lose_peer(now, slot, Some("sent hashes that do not fit the layout"), io);
+            return;
+        }
+        for (i, hash) in hashes.chunks_exact(32).enumerate() {
+            let index = first as usize + i;
+            self.hashes[index].copy_from_slice(hash);
+            self.hashes_got[index] = true;
+        }
+        if let Some(peer) = self.peers.get_mut(&slot) {
+            peer.last_progress = now;
+        }
+        if self.hashes_got.iter().all(|&got| got) {
+            if storage::root_hash(layout_of(info), &self.hashes) != info.root {
+                self.hashes_got.iter_mut().for_each(|g| *g = false);
+                self.ban(now, slot, "sent piece hashes that do not match the root hash", io);
+                return;
+            }
+            self.hash_source = None;
+            self.phase = Phase::Store;
+            self.notices.push_back(Notice::NeedStore { info });
+        }
+    }
+
+    /// The driver attached storage; `claimed` are pieces a previous run recorded as verified.
+    pub fn attach_store(&mut self, now: Instant, store: S, claimed: &[bool], io: &mut dyn PeerIo) {
+        if self.phase != Phase::Store {
+            return;
+        }
+        let Some(info) = self.info else { return };
+        let pieces = layout_of(info).piece_count();
+        self.store = Some(store);
+        let mut picker = Picker::new(Bitfield::new(pieces));
+        for peer in self.peers.values().filter(|p| p.phase == PeerPhase::Ready) {
+            picker.add_owner(&peer.has);
+        }
+        self.picker = Some(picker);
+        self.claimed = claimed.iter().take(pieces as usize).copied().collect();
+        self.verify_next = 0;
+        self.phase = Phase::Verify;
+        self.verify_step(now, io);
+    }
+    /// Re-verifies up to `verify_step_bytes` of claimed pieces; moves on to fetching when done.
+    fn verify_step(&mut self, now: Instant, io: &mut dyn PeerIo) {
+        let (Some(info), Some(store), Some(picker)) = (self.info, self.store.as_mut(), self.picker.as_mut()) else {
+            return;
+        };
+        let layout = layout_of(info);
+        let pieces = layout.piece_count();
+        let mut budget = self.config.verify_step_bytes;
+        while self.verify_next < pieces && budget > 0 {
+            let piece = self.verify_next;
+            self.verify_next += 1;
+            if !self.claimed.get(piece as usize).copied().unwrap_or(false) {
+                continue;
+            }
+            let len = layout.piece_len(piece);
+            budget = budget.saturating_sub(u64::from(len));
+            let hash = storage::hash_stored_piece(&*store, layout.piece_offset(piece), len, &mut self.scratch);
+            match hash {
+                Ok(hash) if hash == self.hashes[piece as usize] => {
+                    picker.complete(piece);
+                    self.notices.push_back(Notice::PieceDone(piece));
+                }
+                Ok(_) => {
+                    log::info!("{}: piece {piece} left by an earlier run fails its hash; fetching it again", self.name);
+                    if let Err(e) = store.mark_bad(piece) {
+                        self.fail(io, format!("cannot record the state of {}: {e}", self.name));
+                        return;
+                    }
+                }
+                Err(e) => {
+                    self.fail(io, format!("cannot read back {}: {e}", self.name));
+                    return;
+                }
+            }
+        }
+        self.scratch = Vec::new();
+        if self.verify_next < pieces {
+            self.verify_due = Some(now);
+            return;
+        }
+        self.verify_due = None;
+        self.claimed = Vec::new();
+        let kept = picker.have().count();
+        if kept > 0 {
+            log::info!("{}: resuming with {kept} of {pieces} pieces already verified", self.name);
+        }
+        self.phase = Phase::Pieces;
+        if picker.is_complete() {
+            self.complete(io);
+        } else {
+            self.fill(now, io);
+        }
+    }
+
+    /// Bytes of a piece arrived from `slot`.
+    fn on_block(&mut self, now: Instant, slot: SlotId, piece: u32, offset: u32, data: &[u8], io: &mut dyn PeerIo) {
+        let Some(info) = self.info else { return };
+        let layout = layout_of(info);
+        let Some(peer) = self.peers.get_mut(&slot) else { return };
+        let len = data.len() as u32;
+        let Some(pos) = peer
+            .requests
+            .iter()
+            .position(|r| r.piece == piece && r.offset == offset && r.len == len)
+        else {
+            // Cancelled or never asked: a late answer after a cancel is normal in the endgame.
+            self.refetched_bytes += u64::from(len);
+            return;
+        };
+        peer.requests.remove(pos);
+        peer.outstanding_bytes -= u64::from(len);
+        peer.received(now, u64::from(len));
+        let (Some(picker), Some(store)) = (self.picker.as_mut(), self.store.as_mut()) else {
+            return;
+        };
+        if picker.have().get(piece) {
+            self.refetched_bytes += u64::from(len);
+            self.fill(now, io);
+            return;
+        }
+        let piece_len = layout.piece_len(piece);
+        let at = layout.piece_offset(piece) + u64::from(offset);
+        if offset == 0 && len == piece_len {
+            // The whole piece is in hand: check it before it touches the disk.
+            if storage::hash_piece(data) != self.hashes[piece as usize] {
+                let why = format!("sent piece {piece} failing its hash");
+                self.ban(now, slot, &why, io);
+                return;
+            }
+            if let Err(e) = store.write_at(at, data) {
+                self.fail(io, format!("cannot write {}: {e}", self.name));
+                return;
+            }
+        } else {
+            if let Err(e) = store.write_at(at, data) {
+                self.fail(io, format!("cannot write {}: {e}", self.name));
+                return;
+            }
+            let received = match peer.partial_pieces.iter_mut().find(|(p, _)| *p == piece) {
+                Some((_, got)) => {
+                    *got += len;
+                    *got
+                }
+                None => {
+                    peer.partial_pieces.push((piece, len));
+                    len
+                }
+            };
+            if received < piece_len {
+                self.fill(now, io);
+                return;
+            }
+            peer.partial_pieces.retain(|&(p, _)| p != piece);
+            match storage::hash_stored_piece(&*store, layout.piece_offset(piece), piece_len, &mut self.scratch) {
+                Ok(hash) if hash == self.hashes[piece as usize] => {}
+                Ok(_) => {
+                    let why = format!("sent piece {piece} failing its hash");
+                    self.ban(now, slot, &why, io);
+                    return;
+                }
+                Err(e) => {
+                    self.fail(io, format!("cannot read back {}: {e}", self.name));
+                    return;
+                }
+            }
+        }
+        self.piece_verified(now, slot, piece, io);
+    }
+
+    fn piece_verified(&mut self, now: Instant, slot: SlotId, piece: u32, io: &mut dyn PeerIo) {
+        let (Some(info), Some(picker), Some(store)) = (self.info, self.picker.as_mut(), self.store.as_mut()) else {
+            return;
+        };
+        if let Err(e) = store.mark_done(piece) {
+            self.fail(io, format!("cannot record progress of {}: {e}", self.name));
+            return;
+        }
+        picker.complete(piece);
+        picker.release(piece);
+        if let Some(peer) = self.peers.get_mut(&slot) {
+            peer.delivered += u64::from(layout_of(info).piece_len(piece));
+        }
+        // Endgame losers: withdraw their requests for this piece.
+        for (&other, peer) in self.peers.iter_mut() {
+            if other == slot || !peer.is_fetching(piece) {
+                continue;
+            }
+            for r in peer.requests.iter().filter(|r| r.piece == piece) {
+                io.send(other, &Message::Cancel(request_of(info.root, r)));
+            }
+            peer.forget_piece(piece);
+            picker.release(piece);
+        }
+        self.notices.push_back(Notice::PieceDone(piece));
+        if picker.is_complete() {
+            self.complete(io);
+        } else {
+            self.fill(now, io);
+        }
+    }
+
+    fn complete(&mut self, io: &mut dyn PeerIo) {
+        self.phase = Phase::Finishing;
+        for (&slot, _) in std::mem::take(&mut self.peers).iter() {
+            io.disconnect(slot);
+        }
+        self.notices.push_back(Notice::Complete);
+    }
+
+    /// Keeps every ready owner's pipeline full: rarest pieces first, endgame copies at the end.
+    fn fill(&mut self, _now: Instant, io: &mut dyn PeerIo) {
+        if self.phase != Phase::Pieces {
+            return;
+        }
+        let (Some(info), Some(picker)) = (self.info, self.picker.as_mut()) else {
+            return;
+        };
+        let layout = layout_of(info);
+        for (&slot, peer) in self.peers.iter_mut() {
+            if peer.phase != PeerPhase::Ready {
+                continue;
+            }
+            while peer.outstanding_bytes < peer.window() {
+                let multi_block = |p: u32| layout.piece_len(p) > MAX_BLOCK_LEN;
+                let piece = match picker.pick(&peer.has) {
+                    Some(piece) => piece,
+                    None => match picker.pick_duplicate(&peer.has, |p| multi_block(p) || peer.is_fetching(p)) {
+                        Some(piece) => piece,
+                        None => break,
+                    },
+                };
+                for block in blocks_of(layout, piece) {
+                    io.send(slot, &Message::Request(request_of(info.root, &block)));
+                    peer.outstanding_bytes += u64::from(block.len);
+                    peer.requests.push_back(block);
+                }
+            }
+        }
+    }
+
+    /// Drops `slot`; its pieces go back in the queue. `why` is logged when the owner misbehaved.
+    fn lose_peer(&mut self, now: Instant, slot: SlotId, why: Option<&str>, io: &mut dyn PeerIo) {
+        let Some(peer) = self.peers.remove(&slot) else { return };
+        io.disconnect(slot);
+        match why {
+            Some(why) => log::warn!("{}: dropping owner {} at {}: {why}", self.name, peer.name, peer.addr),
+            None => log::info!("{}: owner {} at {} went away", self.name, peer.name, peer.addr),
+        }
+        if let Some(picker) = self.picker.as_mut() {
+            for piece in peer.pieces_in_flight() {
+                picker.release(piece);
+            }
+            if peer.phase == PeerPhase::Ready {
+                picker.remove_owner(&peer.has);
+            }
+        }
+        self.refetched_bytes += peer.partial_pieces.iter().map(|&(_, got)| u64::from(got)).sum::<u64>();
+        if let Some(c) = self.candidates.get_mut(&peer.addr) {
+            c.failures += 1;
+            let backoff = self.config.reconnect_backoff * 2u32.saturating_pow(c.failures.min(5) - 1);
+            c.retry_at = Some(now + backoff);
+        }
+        if self.hash_source == Some(slot) {
+            self.hash_source = None;
+            self.request_hashes(now, io);
+        }
+        self.connect_more(now, io);
+        self.fill(now, io);
+    }
+
+    /// Drops `slot` for sending bad data and never uses that owner again in this download.
+    fn ban(&mut self, now: Instant, slot: SlotId, why: &str, io: &mut dyn PeerIo) {
+        if let Some(peer) = self.peers.get(&slot) {
+            self.banned.insert(peer.addr);
+            self.candidates.remove(&peer.addr);
+        }
+        self.lose_peer(now, slot, Some(why), io);
+    }
+
+    fn fail(&mut self, io: &mut dyn PeerIo, reason: String) {
+        if self.is_over() {
+            return;
+        }
+        self.phase = Phase::Failed;
+        for (&slot, _) in std::mem::take(&mut self.peers).iter() {
+            io.disconnect(slot);
+        }
+        self.notices.push_back(Notice::Failed(reason));
+    }
+
+    /// The driver flushed and renamed the file: the download is done.
+    pub fn finished(&mut self) {
+        if self.phase == Phase::Finishing {
+            self.phase = Phase::Done;
+        }
+    }
+
+    /// Stops the download (user request, or the driver could not store it); pieces stay for a resume.
+    pub fn abort(&mut self, reason: String, io: &mut dyn PeerIo) {
+        self.fail(io, reason);
+    }
+
+    /// When [`Download::handle_timeout`] should next be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.is_over() || self.phase == Phase::Finishing {
+            return None;
+        }
+        Some(self.verify_due.map_or(self.next_tick, |due| due.min(self.next_tick)))
+    }
+
+    /// Time passed: resume verification, sample rates, drop stalled owners, retry, give up if starved.
+    pub fn handle_timeout(&mut self, now: Instant, io: &mut dyn PeerIo) {
+        if self.is_over() {
+            return;
+        }
+        if self.phase == Phase::Verify && self.verify_due.is_some_and(|t| t <= now) {
+            self.verify_step(now, io);
+        }
+        if now < self.next_tick {
+            return;
+        }
+        self.next_tick = now + TICK;
+        let mut stalled = Vec::new();
+        for (&slot, peer) in self.peers.iter_mut() {
+            peer.sample_rate(now);
+            let quiet = now.saturating_duration_since(peer.last_progress);
+            let limit = match peer.phase {
+                PeerPhase::Connecting | PeerPhase::Asked => Some(self.config.connect_timeout),
+                PeerPhase::Ready if !peer.requests.is_empty() => {
+                    Some(peer.stall_timeout(self.config.min_stall_timeout, self.config.first_byte_timeout))
+                }
+                PeerPhase::Ready if self.hash_source == Some(slot) => Some(self.config.first_byte_timeout),
+                PeerPhase::Ready => None,
+            };
+            if limit.is_some_and(|limit| quiet > limit) {
+                stalled.push((slot, quiet));
+            }
+        }
+        for (slot, quiet) in stalled {
+            let why = format!("no answer for {:.1} s", quiet.as_secs_f64());
+            self.lose_peer(now, slot, Some(&why), io);
+        }
+        self.connect_more(now, io);
+        self.check_sources(now, io);
+        self.fill(now, io);
+    }
+
+    /// Fails the download when missing pieces have had no reachable owner for `no_source_timeout`.
+    fn check_sources(&mut self, now: Instant, io: &mut dyn PeerIo) {
+        let trying = self.peers.values().any(|p| p.phase != PeerPhase::Ready);
+        let missing_sources = match self.phase {
+            Phase::Hashes => !self.peers.values().any(|p| p.phase == PeerPhase::Ready),
+            Phase::Pieces => self.picker.as_ref().is_some_and(|p| p.unavailable() > 0),
+            _ => false,
+        };
+        if !missing_sources || trying {
+            self.starving_since = None;
+            return;
+        }
+        let since = *self.starving_since.get_or_insert(now);
+        if now.saturating_duration_since(since) < self.config.no_source_timeout {
+            return;
+        }
+        let reason = match &self.picker {
+            Some(picker) => format!(
+                "{}: {} of {} pieces missing and no reachable owner has them; verified pieces are kept for a resume",
+                self.name,
+                picker.unavailable(),
+                picker.have().len()
+            ),
+            None => format!("{}: no reachable owner answered", self.name),
+        };
+        self.fail(io, reason);
+    }
+}
+
+/// The version most owners hold (then most complete owners, then the smallest root, so every
+/// downloader makes the same choice).
+fn choose_version(owners: &[&Owner<'_>]) -> FileInfo {
+    let mut counts: HashMap<FileInfo, (usize, usize)> = HashMap::new();
+    for owner in owners {
+        let entry = counts.entry(owner.info).or_default();
+        entry.0 += 1;
+        entry.1 += usize::from(owner.complete);
+    }
+    let mut versions: Vec<(FileInfo, (usize, usize))> = counts.into_iter().collect();
+    versions.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.root.cmp(&b.0.root)));
+    versions[0].0
+}
+
+fn layout_of(info: FileInfo) -> Layout {
+    Layout {
+        size: info.size,
+        piece_size: info.piece_size,
+    }
+}
+
+/// Block requests covering `piece`: one per `MAX_BLOCK_LEN`.
+fn blocks_of(layout: Layout, piece: u32) -> impl Iterator<Item = Outstanding> {
+    let len = layout.piece_len(piece);
+    (0..len.div_ceil(MAX_BLOCK_LEN)).map(move |i| {
+        let offset = i * MAX_BLOCK_LEN;
+        Outstanding {
+            piece,
+            offset,
+            len: (len - offset).min(MAX_BLOCK_LEN),
+        }
+    })
+}
+
+fn request_of(root: RootHash, r: &Outstanding) -> BlockRequest {
+    BlockRequest {
+        root,
+        piece: r.piece,
+        offset: r.offset,
+        len: r.len,
+    }
+}

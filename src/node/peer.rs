@@ -1,0 +1,144 @@
+//! One owner as a download sees it: its connection state, its pieces, its requests, its rate.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use super::bitfield::Bitfield;
+
+/// Identifies one owner connection within a download; never reused, so stale events are ignored.
+pub type SlotId = u64;
+
+/// Where a connection to an owner stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeerPhase {
+    /// TCP connect in progress.
+    Connecting,
+    /// Connected; the size question is out.
+    Asked,
+    /// The owner answered with its layout and pieces: requests may flow.
+    Ready,
+}
+
+/// One block asked of an owner and not yet answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Outstanding {
+    /// Piece index.
+    pub piece: u32,
+    /// Offset within the piece.
+    pub offset: u32,
+    /// Block length.
+    pub len: u32,
+}
+
+/// An owner connection of one download.
+#[derive(Debug)]
+pub struct Peer {
+    /// The owner's address (as the tracker listed it).
+    pub addr: SocketAddr,
+    /// The owner's node name, for messages.
+    pub name: String,
+    /// Connection state.
+    pub phase: PeerPhase,
+    /// Pieces it holds (empty until it answers).
+    pub has: Bitfield,
+    /// Blocks asked and not yet received, in the order asked (owners answer in order).
+    pub requests: VecDeque<Outstanding>,
+    /// Sum of `requests` lengths.
+    pub outstanding_bytes: u64,
+    /// Bytes of a multi-block piece received so far, by piece.
+    pub partial_pieces: Vec<(u32, u32)>,
+    /// When this owner last made progress (connected, answered, delivered bytes).
+    pub last_progress: Instant,
+    /// Estimated delivery rate in bytes per second (0 until measured).
+    pub rate: f64,
+    bytes_since_sample: u64,
+    sampled_at: Instant,
+    /// Total bytes of verified data it delivered.
+    pub delivered: u64,
+}
+
+/// Fewest bytes kept requested from one owner.
+pub const MIN_WINDOW: u64 = 2 << 20;
+/// Most bytes kept requested from one owner.
+pub const MAX_WINDOW: u64 = 32 << 20;
+/// How much of an owner's measured rate the window covers: enough to keep its pipe full.
+const WINDOW_TIME: f64 = 0.5;
+
+impl Peer {
+    /// A new connection attempt to `addr`.
+    pub fn new(addr: SocketAddr, name: String, now: Instant) -> Self {
+        Peer {
+            addr,
+            name,
+            phase: PeerPhase::Connecting,
+            has: Bitfield::default(),
+            requests: VecDeque::new(),
+            outstanding_bytes: 0,
+            partial_pieces: Vec::new(),
+            last_progress: now,
+            rate: 0.0,
+            bytes_since_sample: 0,
+            sampled_at: now,
+            delivered: 0,
+        }
+    }
+
+    /// Bytes this owner should have outstanding: its rate over [`WINDOW_TIME`], within bounds.
+    pub fn window(&self) -> u64 {
+        ((self.rate * WINDOW_TIME) as u64).clamp(MIN_WINDOW, MAX_WINDOW)
+    }
+
+    /// Records `bytes` received now.
+    pub fn received(&mut self, now: Instant, bytes: u64) {
+        self.bytes_since_sample += bytes;
+        self.last_progress = now;
+    }
+
+    /// Folds the bytes since the last sample into the rate estimate (call about once a second).
+    pub fn sample_rate(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.sampled_at).as_secs_f64();
+        if elapsed < 0.05 {
+            return;
+        }
+        let current = self.bytes_since_sample as f64 / elapsed;
+        self.rate = if self.rate == 0.0 { current } else { 0.5 * self.rate + 0.5 * current };
+        self.bytes_since_sample = 0;
+        self.sampled_at = now;
+    }
+
+    /// How long this owner may go without delivering before it is considered stalled:
+    /// four times what its measured rate needs for the oldest block, within bounds.
+    pub fn stall_timeout(&self, min: Duration, unknown: Duration) -> Duration {
+        if self.rate <= 0.0 {
+            return unknown;
+        }
+        let block = self.requests.front().map_or(0, |r| r.len) as f64;
+        Duration::from_secs_f64((4.0 * block / self.rate).min(60.0)).max(min)
+    }
+
+    /// True if a block of `piece` is asked of this owner.
+    pub fn is_fetching(&self, piece: u32) -> bool {
+        self.requests.iter().any(|r| r.piece == piece)
+    }
+
+    /// Forgets every outstanding block of `piece`; returns true if there was any.
+    pub fn forget_piece(&mut self, piece: u32) -> bool {
+        let before = self.requests.len();
+        self.requests.retain(|r| r.piece != piece);
+        self.outstanding_bytes = self.requests.iter().map(|r| u64::from(r.len)).sum();
+        self.partial_pieces.retain(|&(p, _)| p != piece);
+        before != self.requests.len()
+    }
+
+    /// Pieces with blocks outstanding, each once, in request order.
+    pub fn pieces_in_flight(&self) -> Vec<u32> {
+        let mut pieces: Vec<u32> = Vec::new();
+        for r in &self.requests {
+            if pieces.last() != Some(&r.piece) && !pieces.contains(&r.piece) {
+                pieces.push(r.piece);
+            }
+        }
+        pieces
+    }
+}

@@ -1,0 +1,189 @@
+//! Serving one downloader: answer the size question and hash requests, queue block requests.
+//!
+//! Blocks are not encoded when asked for but when the connection's output has
+//! room and the upload rate allows ([`ServeConn::next_request`]), so a fast
+//! requester cannot make us buffer more than one block beyond the low-water
+//! mark, and the rate limit is applied where the bytes leave.
+
+use std::collections::VecDeque;
+
+use super::bitfield::Bitfield;
+use crate::storage::{Hash, Layout, PieceStore};
+use crate::wire::{
+    BlockRequest, ErrorCode, FileInfo, Message, RootHash, SizeInformation, MAX_BLOCK_LEN,
+    MAX_HASHES_PER_FRAME,
+};
+
+/// Most block requests one downloader may have queued with us.
+pub const MAX_QUEUED_REQUESTS: usize = 4096;
+
+/// A file version this node can serve (complete or partial).
+pub struct FileView<'a> {
+    /// File name.
+    pub name: &'a str,
+    /// Size, piece size and root.
+    pub info: FileInfo,
+    /// Pieces held and verified.
+    pub have: &'a Bitfield,
+    /// Every piece hash.
+    pub hashes: &'a [Hash],
+    /// Where the bytes are.
+    pub store: &'a dyn PieceStore,
+}
+
+/// Looks up what this node serves.
+pub trait Library {
+    /// The version of `name` served here (a specific one if `root` is given).
+    fn by_name(&self, name: &str, root: Option<&RootHash>) -> Option<FileView<'_>>;
+    /// The version with this root.
+    fn by_root(&self, root: &RootHash) -> Option<FileView<'_>>;
+}
+
+/// What the driver should do after a message.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ServeOutcome {
+    /// Carry on.
+    Continue,
+    /// Close the connection after what was written (the peer broke the rules).
+    Close,
+}
+
+/// One downloader connected to us.
+#[derive(Debug, Default)]
+pub struct ServeConn {
+    queue: VecDeque<BlockRequest>,
+    /// Versions this peer asked about: it is told of pieces we gain.
+    watching: Vec<RootHash>,
+}
+
+impl ServeConn {
+    /// A fresh connection.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// True if this peer asked about `root` (so it wants `HavePiece` news).
+    pub fn watches(&self, root: &RootHash) -> bool {
+        self.watching.contains(root)
+    }
+
+    /// Requests waiting to be served.
+    pub fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Handles one frame from the downloader, writing any immediate answer into `out`.
+    pub fn on_message(&mut self, msg: &Message<'_>, lib: &dyn Library, out: &mut Vec<u8>) -> ServeOutcome {
+        match msg {
+            Message::SizeInformation(SizeInformation::Question { name, root }) => {
+                let Some(view) = lib.by_name(name, root.as_ref()) else {
+                    return refuse(out, ErrorCode::NotFound, "file not served here");
+                };
+                if self.watching.len() < 64 && !self.watches(&view.info.root) {
+                    self.watching.push(view.info.root);
+                }
+                let answer = Message::SizeInformation(SizeInformation::Answer {
+                    name: view.name,
+                    info: view.info,
+                    have: view.have.as_bytes(),
+                });
+                send(out, &answer);
+                ServeOutcome::Continue
+            }
+            Message::HashRequest { root, first, count } => {
+                let Some(view) = lib.by_root(root) else {
+                    return refuse(out, ErrorCode::NotFound, "file not served here");
+                };
+                let end = first.checked_add(*count).map(|e| e as usize);
+                let Some(end) = end.filter(|&e| e <= view.hashes.len() && *count <= MAX_HASHES_PER_FRAME) else {
+                    return refuse(out, ErrorCode::BadRequest, "hash range outside the file");
+                };
+                let hashes = view.hashes[*first as usize..end].as_flattened();
+                send(
+                    out,
+                    &Message::Hashes {
+                        root: *root,
+                        first: *first,
+                        hashes,
+                    },
+                );
+                ServeOutcome::Continue
+            }
+            Message::Request(request) => {
+                if self.queue.len() >= MAX_QUEUED_REQUESTS {
+                    return refuse(out, ErrorCode::Refused, "too many requests queued");
+                }
+                match check_request(request, lib) {
+                    Ok(()) => {
+                        self.queue.push_back(*request);
+                        ServeOutcome::Continue
+                    }
+                    Err((code, why)) => refuse(out, code, why),
+                }
+            }
+            Message::Cancel(request) => {
+                self.queue.retain(|r| r != request);
+                ServeOutcome::Continue
+            }
+            Message::KeepAlive => ServeOutcome::Continue,
+            Message::Error { code, reason } => {
+                log::debug!("downloader reports {code:?}: {reason}");
+                ServeOutcome::Continue
+            }
+            _ => refuse(out, ErrorCode::Protocol, "unexpected message on a serving connection"),
+        }
+    }
+
+    /// The next queued request, if any.
+    pub fn next_request(&mut self) -> Option<BlockRequest> {
+        self.queue.pop_front()
+    }
+}
+
+/// Encodes the block answering `request` into `out`, reading it from the store in place.
+/// Returns the data bytes written, or the error frame's reason if the piece cannot be read.
+pub fn serve_block(request: &BlockRequest, lib: &dyn Library, out: &mut Vec<u8>) -> Result<u32, String> {
+    let view = lib.by_root(&request.root).ok_or("file no longer served")?;
+    let layout = Layout {
+        size: view.info.size,
+        piece_size: view.info.piece_size,
+    };
+    let at = layout.piece_offset(request.piece) + u64::from(request.offset);
+    crate::wire::encode_block_with(out, &request.root, request.piece, request.offset, request.len as usize, |buf| {
+        view.store.read_at(at, buf)
+    })
+    .map_err(|e| e.to_string())?;
+    Ok(request.len)
+}
+
+/// A request is served only for a held piece and a range inside it.
+fn check_request(r: &BlockRequest, lib: &dyn Library) -> Result<(), (ErrorCode, &'static str)> {
+    let view = lib.by_root(&r.root).ok_or((ErrorCode::NotFound, "file not served here"))?;
+    let layout = Layout {
+        size: view.info.size,
+        piece_size: view.info.piece_size,
+    };
+    let piece_len = layout.piece_len(r.piece);
+    let end = r.offset.checked_add(r.len);
+    if piece_len == 0 || r.len == 0 || r.len > MAX_BLOCK_LEN || end.is_none_or(|e| e > piece_len) {
+        return Err((ErrorCode::BadRequest, "block outside the file"));
+    }
+    if !view.have.get(r.piece) {
+        return Err((ErrorCode::BadRequest, "piece not held here"));
+    }
+    Ok(())
+}
+
+fn send(out: &mut Vec<u8>, msg: &Message<'_>) {
+    if let Err(e) = crate::wire::encode(msg, out) {
+        log::error!("cannot encode a reply: {e}");
+    }
+}
+
+fn refuse(out: &mut Vec<u8>, code: ErrorCode, reason: &str) -> ServeOutcome {
+    send(out, &Message::Error { code, reason });
+    match code {
+        ErrorCode::NotFound => ServeOutcome::Continue,
+        _ => ServeOutcome::Close,
+    }
+}

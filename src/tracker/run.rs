@@ -1,0 +1,161 @@
+//! `tracker::run`: the tracker's state machine driven on a reactor.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use super::state::{Outbox, SessionId, TrackerLimits, TrackerState};
+use crate::reactor::{CloseReason, ConnId, Ctx, Handler, ListenerId, Reactor, Stopper};
+use crate::wire::{self, Decoded, ErrorCode, Limits, Message};
+
+/// The one reactor timer key the tracker uses.
+const WAKE: u64 = 1;
+/// Largest frame a node may send the tracker: control messages only, so far below the data limit.
+const MAX_TRACKER_PAYLOAD: usize = 64 << 10;
+
+/// What `tracker::bind` needs.
+#[derive(Clone, Debug)]
+pub struct TrackerConfig {
+    /// Where to listen for nodes (port 0 lets the OS pick).
+    pub listen: SocketAddr,
+    /// Table bounds and timings.
+    pub limits: TrackerLimits,
+}
+
+impl Default for TrackerConfig {
+    fn default() -> Self {
+        TrackerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 12340)),
+            limits: TrackerLimits::default(),
+        }
+    }
+}
+
+/// A bound tracker, ready to run.
+pub struct TrackerServer {
+    reactor: Reactor,
+    handler: TrackerHandler,
+    addr: SocketAddr,
+}
+
+/// Binds the listening socket; `run` serves.
+pub fn bind(config: TrackerConfig) -> io::Result<TrackerServer> {
+    let mut reactor = Reactor::new(Default::default())?;
+    let (_, addr) = reactor.listen(config.listen)?;
+    reactor.enable_signals()?;
+    let handler = TrackerHandler {
+        state: TrackerState::new(config.limits),
+        wake_at: None,
+        stopper: reactor.stopper(),
+    };
+    Ok(TrackerServer { reactor, handler, addr })
+}
+
+impl TrackerServer {
+    /// The address nodes reach the tracker at.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// A handle that stops the tracker from another thread.
+    pub fn stopper(&self) -> Stopper {
+        self.handler.stopper.clone()
+    }
+
+    /// Serves until SIGINT, SIGTERM or the stopper.
+    pub fn run(mut self) -> io::Result<()> {
+        self.reactor.run(&mut self.handler)
+    }
+}
+
+struct TrackerHandler {
+    state: TrackerState,
+    wake_at: Option<Instant>,
+    stopper: Stopper,
+}
+
+/// Encodes the state machine's replies straight into connection buffers.
+struct CtxOutbox<'a>(&'a mut Ctx);
+
+impl Outbox for CtxOutbox<'_> {
+    fn send(&mut self, to: SessionId, msg: &Message<'_>) {
+        if let Some(out) = self.0.out_buf(ConnId(to)) {
+            if let Err(e) = wire::encode(msg, out) {
+                log::error!("cannot encode a reply: {e}");
+            }
+        }
+    }
+
+    fn close(&mut self, to: SessionId) {
+        self.0.close(ConnId(to));
+    }
+}
+
+impl TrackerHandler {
+    fn schedule(&mut self, ctx: &mut Ctx) {
+        if let Some(at) = self.state.poll_timeout() {
+            if self.wake_at.is_none_or(|w| at < w) {
+                self.wake_at = Some(at);
+                ctx.set_timer(at, WAKE);
+            }
+        }
+    }
+}
+
+impl Handler for TrackerHandler {
+    fn on_accept(&mut self, _ctx: &mut Ctx, _listener: ListenerId, conn: ConnId, peer: SocketAddr) {
+        self.state.connected(conn.0, peer.ip());
+    }
+
+    fn on_data(&mut self, ctx: &mut Ctx, conn: ConnId, input: &[u8]) -> usize {
+        let limits = Limits {
+            max_payload: MAX_TRACKER_PAYLOAD,
+        };
+        let now = ctx.now();
+        let mut used = 0;
+        while used < input.len() {
+            match wire::decode_frame(&input[used..], &limits) {
+                Ok(Decoded::Frame(msg, len)) => {
+                    used += len;
+                    self.state.handle(now, conn.0, &msg, &mut CtxOutbox(ctx));
+                }
+                Ok(Decoded::NeedMore(_)) => break,
+                Err(e) => {
+                    log::warn!("{:?} sent a bad frame: {e}; closing", ctx.peer_addr(conn));
+                    let reason = e.to_string();
+                    CtxOutbox(ctx).send(conn.0, &Message::Error { code: ErrorCode::Protocol, reason: &reason });
+                    ctx.close(conn);
+                    used = input.len();
+                    break;
+                }
+            }
+        }
+        self.schedule(ctx);
+        used
+    }
+
+    fn on_close(&mut self, ctx: &mut Ctx, conn: ConnId, _reason: CloseReason) {
+        self.state.disconnected(ctx.now(), conn.0);
+        self.schedule(ctx);
+    }
+
+    fn on_timer(&mut self, ctx: &mut Ctx, key: u64) {
+        if key == WAKE {
+            self.wake_at = None;
+            let now = ctx.now();
+            self.state.handle_timeout(now, &mut CtxOutbox(ctx));
+        }
+        self.schedule(ctx);
+    }
+
+    fn on_signal(&mut self, ctx: &mut Ctx, signal: i32) {
+        log::info!("signal {signal}: stopping");
+        ctx.stop();
+    }
+
+    fn on_wake(&mut self, ctx: &mut Ctx) {
+        if self.stopper.is_stopped() {
+            ctx.stop();
+        }
+    }
+}
