@@ -179,7 +179,7 @@ impl Reactor {
     /// Errors only if polling itself fails. Listeners, timers and stdin
     /// survive, so `run` may be called again.
     pub fn run<H: Handler>(&mut self, handler: &mut H) -> io::Result<()> {
-        self.ctx.stop = false;
+        // `stop` is reset when a run ends, so a stop requested before `run` is honoured.
         self.ctx.now = Instant::now();
         // Signals and wakes that arrived during the last stop are delivered now.
         let mut wake = std::mem::take(&mut self.woken);
@@ -366,6 +366,7 @@ impl Reactor {
         self.ctx.run_next.clear();
         self.ctx.dirty.clear();
         self.ctx.stopping = false;
+        self.ctx.stop = false;
         result
     }
 }
