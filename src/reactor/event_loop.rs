@@ -13,6 +13,7 @@
 //! callback wrote to are flushed at once, and interest is re-derived.
 
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -57,6 +58,26 @@ impl WakeHandle {
         if let Err(e) = self.0.wake() {
             log::warn!("reactor wake failed: {e}");
         }
+    }
+}
+
+/// Asks a running loop to stop from any thread: sets a flag the handler reads in `on_wake`.
+#[derive(Clone, Debug)]
+pub struct Stopper {
+    waker: WakeHandle,
+    flag: Arc<AtomicBool>,
+}
+
+impl Stopper {
+    /// Requests the stop and wakes the loop.
+    pub fn stop(&self) {
+        self.flag.store(true, Ordering::SeqCst);
+        self.waker.wake();
+    }
+
+    /// True once `stop` was called.
+    pub fn is_stopped(&self) -> bool {
+        self.flag.load(Ordering::SeqCst)
     }
 }
 
@@ -166,6 +187,14 @@ impl Reactor {
     /// A cloneable, `Send` handle that wakes this reactor.
     pub fn waker(&self) -> WakeHandle {
         WakeHandle(Arc::clone(&self.waker))
+    }
+
+    /// A handle another thread uses to ask the handler to stop (it sees `on_wake`).
+    pub fn stopper(&self) -> Stopper {
+        Stopper {
+            waker: self.waker(),
+            flag: Arc::new(AtomicBool::new(false)),
+        }
     }
 
     /// The context, to connect or set timers before [`Reactor::run`].

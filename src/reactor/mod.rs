@@ -62,7 +62,7 @@ mod timers;
 use std::net::SocketAddr;
 
 pub use ctx::Ctx;
-pub use event_loop::{Reactor, WakeHandle};
+pub use event_loop::{Reactor, Stopper, WakeHandle};
 
 /// A connection's handle (the slab key behind its mio `Token`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
