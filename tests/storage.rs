@@ -395,3 +395,29 @@ fn folder_open_refuses_a_file() {
     fs::write(&f, b"").unwrap();
     assert!(Folder::open(&f).is_err());
 }
+
+#[test]
+fn hash_cache_round_trips_and_goes_stale() {
+    let tmp = tempfile::tempdir().unwrap();
+    let folder = Folder::open(tmp.path()).unwrap();
+    let data = sample(500);
+    fs::write(folder.dir().join("f"), &data).unwrap();
+    let (_, hashes, _) = describe(&data);
+    let f = folder.open_shared("f").unwrap();
+    assert!(folder.load_hashes(&f, PIECE).is_none());
+    folder.save_hashes(&f, PIECE, &hashes).unwrap();
+    assert_eq!(folder.load_hashes(&f, PIECE), Some(hashes.clone()));
+    assert!(
+        folder.load_hashes(&f, PIECE * 2).is_none(),
+        "other piece size"
+    );
+    assert!(folder.save_hashes(&f, PIECE, &hashes[1..]).is_err());
+    assert_eq!(
+        hidden_files(folder.dir()),
+        vec![".f.shoal-hashes".to_string()]
+    );
+    // The file changes size: the cache no longer applies.
+    fs::write(folder.dir().join("f"), sample(501)).unwrap();
+    let f = folder.open_shared("f").unwrap();
+    assert!(folder.load_hashes(&f, PIECE).is_none());
+}

@@ -86,6 +86,7 @@ impl Folder {
             name: name.to_string(),
             len: meta.len(),
             modified: meta.modified().ok(),
+            inode: meta.ino(),
         })
     }
 
@@ -163,6 +164,8 @@ pub struct SharedFile {
     /// Size when opened: the layout is computed from it, so reads past it are refused.
     len: u64,
     modified: Option<SystemTime>,
+    /// Inode when opened: part of the hash-cache key.
+    inode: u64,
 }
 
 impl SharedFile {
@@ -184,6 +187,11 @@ impl SharedFile {
     /// Last modification time when opened, if the file system reports one.
     pub fn modified(&self) -> Option<SystemTime> {
         self.modified
+    }
+
+    /// Inode number when opened.
+    pub fn inode(&self) -> u64 {
+        self.inode
     }
 }
 

@@ -23,6 +23,7 @@
 //! | `DIR/NAME` | a finished or shared file |
 //! | `DIR/.NAME.<root8>.shoal-part` | the data of a download in progress (size preallocated) |
 //! | `DIR/.NAME.<root8>.shoal-state` | its resume state: header + one byte per piece |
+//! | `DIR/.NAME.shoal-hashes` | cached piece hashes of a shared file ([`Folder::load_hashes`]) |
 //!
 //! `<root8>` is the first 8 hex digits of the root hash, so a download of
 //! another version of the same name never reuses stale data. If
@@ -44,6 +45,7 @@ use std::fmt;
 use std::io;
 
 mod folder;
+mod hashcache;
 mod hasher;
 mod memstore;
 mod partial;
