@@ -15,6 +15,9 @@ pub struct MemStore {
 
 impl MemStore {
     /// A zero-filled store of `len` bytes (like a freshly preallocated file).
+    ///
+    /// # Panics
+    /// If `len` does not fit in memory's address space (a test bug, never disk input).
     pub fn new(len: u64) -> Self {
         // Tests and simulations only: a length that does not fit memory is a caller bug.
         let len = usize::try_from(len).expect("MemStore length fits in memory");
