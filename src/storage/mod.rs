@@ -1,1 +1,293 @@
-//! storage (placeholder)
+//! A node's folder: checked names, positioned reads and writes by piece,
+//! temporary file → fsync → atomic rename, piece hashes and resume state,
+//! plus an in-memory backend for tests.
+//!
+//! This module uses nothing of the rest of the crate (std, blake3, log only).
+//!
+//! # Pieces and hashes
+//!
+//! A file is described by a [`Layout`] (size and piece size). Every piece has
+//! a BLAKE3 hash ([`hash_piece`]); the [`root_hash`] over the layout and all
+//! piece hashes names one version of a file, so two different files of the
+//! same name are never confused. [`PieceHasher`] hashes a shared file a few
+//! pieces at a time so the reactor never stalls on a big file.
+//!
+//! # Files on disk
+//!
+//! [`Folder`] is the only way to reach the disk. Every path it opens is
+//! `DIR/NAME` for a name that passed [`check_name`], and names starting with
+//! `.` are reserved for our own files:
+//!
+//! | file | what |
+//! |---|---|
+//! | `DIR/NAME` | a finished or shared file |
+//! | `DIR/.NAME.<root8>.shoal-part` | the data of a download in progress (size preallocated) |
+//! | `DIR/.NAME.<root8>.shoal-state` | its resume state: header + one byte per piece |
+//! | `DIR/.NAME.shoal-hashes` | cached piece hashes of a shared file ([`Folder::load_hashes`]) |
+//!
+//! `<root8>` is the first 8 hex digits of the root hash, so a download of
+//! another version of the same name never reuses stale data. If
+//! `.NAME.<root8>.shoal-state` would exceed 255 bytes, `NAME` in the two
+//! temporary names is replaced by 32 hex digits of BLAKE3(NAME).
+//!
+//! A download writes `DIR/NAME` only in [`PartialFile::finish`], after every
+//! piece was marked done, the data was fsynced and the temporary file was
+//! renamed into place; an interrupted download leaves only the hidden files,
+//! and [`Folder::begin_download`] resumes from them.
+//!
+//! # Errors
+//!
+//! Every failure is a [`StorageError`] whose text names the file and the
+//! operation. "No space left" and "quota exceeded" become
+//! [`StorageError::DiskFull`] so callers can tell the user something useful.
+
+use std::fmt;
+use std::io;
+
+mod folder;
+mod hashcache;
+mod hasher;
+mod memstore;
+mod partial;
+
+pub use folder::{Folder, SharedFile};
+pub use hasher::PieceHasher;
+pub use memstore::MemStore;
+pub use partial::PartialFile;
+
+/// BLAKE3 hash of one piece, or of a whole layout (the root).
+pub type Hash = [u8; 32];
+
+/// Longest name [`check_name`] accepts, in bytes (the usual file-system limit).
+pub const MAX_NAME_BYTES: usize = 255;
+
+/// Domain separation for [`root_hash`]: bump the suffix if the scheme ever changes.
+const ROOT_CONTEXT: &[u8] = b"shoal-root-v1";
+
+/// A file's geometry: size and piece size (piece_size > 0).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Layout {
+    /// File size in bytes.
+    pub size: u64,
+    /// Bytes per piece; every piece but the last is exactly this long.
+    pub piece_size: u32,
+}
+
+impl Layout {
+    /// Number of pieces: ceil(size / piece_size); 0 for an empty file or a zero piece size, saturating at `u32::MAX`.
+    pub fn piece_count(&self) -> u32 {
+        if self.piece_size == 0 {
+            // Invalid layout (it may come from the network): no pieces rather than a panic.
+            return 0;
+        }
+        let n = self.size.div_ceil(u64::from(self.piece_size));
+        u32::try_from(n).unwrap_or(u32::MAX)
+    }
+
+    /// Byte offset where `piece` starts (not checked against the piece count).
+    pub fn piece_offset(&self, piece: u32) -> u64 {
+        u64::from(piece) * u64::from(self.piece_size)
+    }
+
+    /// Length of `piece`: `piece_size`, less for the last piece, 0 if out of range.
+    pub fn piece_len(&self, piece: u32) -> u32 {
+        if piece >= self.piece_count() {
+            return 0;
+        }
+        let left = self.size - self.piece_offset(piece);
+        // `left` > 0 because piece < piece_count; the min fits u32.
+        left.min(u64::from(self.piece_size)) as u32
+    }
+
+    /// True when the piece size is non-zero and every piece index fits a `u32` (no saturation).
+    pub fn is_valid(&self) -> bool {
+        self.piece_size > 0 && self.size.div_ceil(u64::from(self.piece_size)) <= u64::from(u32::MAX)
+    }
+}
+
+/// BLAKE3 hash of one piece's bytes.
+pub fn hash_piece(data: &[u8]) -> Hash {
+    *blake3::hash(data).as_bytes()
+}
+
+/// Root hash = blake3 over ("shoal-root-v1", size u64 LE, piece_size u32 LE, every piece hash): one value names a version.
+pub fn root_hash(layout: Layout, piece_hashes: &[Hash]) -> Hash {
+    let mut h = blake3::Hasher::new();
+    h.update(ROOT_CONTEXT);
+    h.update(&layout.size.to_le_bytes());
+    h.update(&layout.piece_size.to_le_bytes());
+    for p in piece_hashes {
+        h.update(p);
+    }
+    *h.finalize().as_bytes()
+}
+
+/// Lower-case hex of the first `n` bytes of `bytes` (for temporary names and logs).
+pub(crate) fn hex_prefix(bytes: &[u8], n: usize) -> String {
+    use fmt::Write;
+    let mut s = String::with_capacity(2 * n);
+    for b in bytes.iter().take(n) {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+/// Everything storage can fail with; the Display text names the file and what went wrong.
+#[derive(Debug)]
+pub enum StorageError {
+    /// The name is not one plain path component we accept.
+    BadName {
+        /// The rejected name.
+        name: String,
+        /// Which rule it broke.
+        why: &'static str,
+    },
+    /// No file of that name in the folder.
+    NotFound(String),
+    /// The name exists but is not a regular file (a directory, a symlink, a device…).
+    NotAFile(String),
+    /// An operating-system call failed.
+    Io {
+        /// The file (or folder) concerned.
+        name: String,
+        /// What we were doing ("open", "read", "rename into place"…).
+        op: &'static str,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// Resume state that cannot be used or replaced, or a download that is not complete; the text says which file and why.
+    StateMismatch(String),
+    /// No space left on the device, or the disk quota is exhausted (ENOSPC / EDQUOT), while writing this file.
+    DiskFull(String),
+}
+
+impl fmt::Display for StorageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            // {:?} so a hostile name with control characters cannot garble a log line.
+            StorageError::BadName { name, why } => write!(f, "bad file name {name:?}: {why}"),
+            StorageError::NotFound(name) => write!(f, "{name}: no such file in the folder"),
+            StorageError::NotAFile(name) => write!(f, "{name}: not a regular file"),
+            StorageError::Io { name, op, source } => write!(f, "{name}: {op} failed: {source}"),
+            StorageError::StateMismatch(what) => f.write_str(what),
+            StorageError::DiskFull(name) => {
+                write!(f, "{name}: no space left on the disk (or quota exceeded)")
+            }
+        }
+    }
+}
+
+impl std::error::Error for StorageError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            StorageError::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// ENOSPC on every unix we know of.
+const ENOSPC: i32 = 28;
+/// EDQUOT differs between systems (Linux 122, the BSDs and macOS 69).
+#[cfg(any(target_os = "linux", target_os = "android"))]
+const EDQUOT: i32 = 122;
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+const EDQUOT: i32 = 69;
+
+/// True for "no space left" and "quota exceeded" (raw codes: `ErrorKind::StorageFull` needs a newer Rust than our MSRV).
+fn is_disk_full(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(ENOSPC) | Some(EDQUOT))
+}
+
+/// Wrap an I/O error with the file and operation, mapping a full disk to [`StorageError::DiskFull`].
+pub(crate) fn io_err(name: &str, op: &'static str, source: io::Error) -> StorageError {
+    if is_disk_full(&source) {
+        StorageError::DiskFull(name.to_string())
+    } else {
+        StorageError::Io {
+            name: name.to_string(),
+            op,
+            source,
+        }
+    }
+}
+
+/// An `Io` error we raise ourselves (bad offset, read-only file…), with `kind` and a message.
+pub(crate) fn own_err(
+    name: &str,
+    op: &'static str,
+    kind: io::ErrorKind,
+    msg: String,
+) -> StorageError {
+    StorageError::Io {
+        name: name.to_string(),
+        op,
+        source: io::Error::new(kind, msg),
+    }
+}
+
+/// Rules for a name served from or written into a folder: one plain path component — non-empty,
+/// <= 255 bytes, not starting with '.' (reserves the namespace for our temp/state files), no '/', '\\', NUL, control chars.
+pub fn check_name(name: &str) -> Result<(), StorageError> {
+    let why = if name.is_empty() {
+        Some("empty")
+    } else if name.len() > MAX_NAME_BYTES {
+        Some("longer than 255 bytes")
+    } else if name.starts_with('.') {
+        // Also covers "." and "..", and keeps our hidden temp/state names unreachable.
+        Some("starts with '.'")
+    } else if name.contains('/') {
+        Some("contains '/'")
+    } else if name.contains('\\') {
+        Some("contains '\\'")
+    } else if name.contains('\0') {
+        Some("contains NUL")
+    } else if name.chars().any(char::is_control) {
+        Some("contains a control character")
+    } else {
+        None
+    };
+    match why {
+        None => Ok(()),
+        Some(why) => Err(StorageError::BadName {
+            name: name.to_string(),
+            why,
+        }),
+    }
+}
+
+/// Positioned byte storage for one file: what a download writes into and an upload reads from.
+pub trait PieceStore {
+    /// Length in bytes.
+    fn len(&self) -> u64;
+    /// True when the store holds no bytes.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Fill `buf` from `offset` (read_exact semantics: a short read is an error).
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), StorageError>;
+    /// Write all of `data` at `offset` (write_all semantics); writing past `len()` is an error.
+    fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<(), StorageError>;
+}
+
+/// Check that `offset..offset+len` lies inside `0..size`, naming `name` and `op` in the error.
+pub(crate) fn check_range(
+    name: &str,
+    op: &'static str,
+    size: u64,
+    offset: u64,
+    len: usize,
+) -> Result<(), StorageError> {
+    match offset.checked_add(len as u64) {
+        Some(end) if end <= size => Ok(()),
+        _ => Err(own_err(
+            name,
+            op,
+            io::ErrorKind::InvalidInput,
+            format!("range {offset}+{len} is past the end of the file ({size} bytes)"),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests;
