@@ -926,7 +926,7 @@ impl Node {
             }
             Some(Role::Peer { file, slot }) => {
                 let now = ctx.now();
-                if let Some(t) = self.downloads.get_mut(&file) {
+                if let Some(t) = self.downloads.get_mut(&*file) {
                     t.slots.remove(&slot);
                 }
                 self.with_download(ctx, &file, |dl, io| dl.on_closed(now, slot, io));

@@ -122,6 +122,25 @@ pub fn root_hash(layout: Layout, piece_hashes: &[Hash]) -> Hash {
     *h.finalize().as_bytes()
 }
 
+/// Largest read `hash_stored_piece` makes at once: bounds its scratch buffer whatever the piece size.
+const HASH_READ_CHUNK: usize = 1 << 20;
+
+/// Hashes `len` bytes at `offset` of `store` as one piece (same value as [`hash_piece`]),
+/// reading through `scratch` in chunks of at most 1 MiB.
+pub fn hash_stored_piece(store: &dyn PieceStore, offset: u64, len: u32, scratch: &mut Vec<u8>) -> Result<Hash, StorageError> {
+    let mut hasher = blake3::Hasher::new();
+    let mut done = 0u64;
+    let len = u64::from(len);
+    while done < len {
+        let chunk = (len - done).min(HASH_READ_CHUNK as u64) as usize;
+        scratch.resize(chunk, 0);
+        store.read_at(offset + done, &mut scratch[..chunk])?;
+        hasher.update(&scratch[..chunk]);
+        done += chunk as u64;
+    }
+    Ok(*hasher.finalize().as_bytes())
+}
+
 /// Lower-case hex of the first `n` bytes of `bytes` (for temporary names and logs).
 pub(crate) fn hex_prefix(bytes: &[u8], n: usize) -> String {
     use fmt::Write;

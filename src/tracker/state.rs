@@ -175,10 +175,10 @@ impl TrackerState {
     }
 
     fn hello(&mut self, now: Instant, session: SessionId, name: &str, port: u16, out: &mut dyn Outbox) {
-        let Some(sess) = self.sessions.get_mut(&session) else {
+        let Some(peer_ip) = self.sessions.get(&session).map(|s| s.peer_ip) else {
             return;
         };
-        let addr = SocketAddr::new(sess.peer_ip, port);
+        let addr = SocketAddr::new(peer_ip, port);
         if let Some(existing) = self.nodes.get_mut(name) {
             if existing.session.is_some() {
                 refuse(out, session, ErrorCode::Refused, "node name already connected");
@@ -205,7 +205,9 @@ impl TrackerState {
                 },
             );
         }
-        sess.node = Some(name.to_owned());
+        if let Some(sess) = self.sessions.get_mut(&session) {
+            sess.node = Some(name.to_owned());
+        }
         log::info!("node {name} connected, serving at {addr}");
     }
 
