@@ -2,6 +2,8 @@
 
 use std::net::SocketAddr;
 
+use super::{frame::kind, WireError, MAX_NAME_LEN, MAX_PIECE_SIZE, MIN_PIECE_SIZE};
+
 /// BLAKE3 root hash naming one version of a file: the hash of its layout and piece hashes.
 pub type RootHash = [u8; 32];
 
@@ -189,4 +191,92 @@ pub enum Message<'a> {
     },
     /// Either direction: I am alive (sent on idle connections).
     KeepAlive,
+}
+
+impl Message<'_> {
+    /// The type code this message carries in its frame header (see [`kind`](super::kind)).
+    pub fn type_code(&self) -> u8 {
+        match self {
+            Message::NodeToTracker(_) => kind::NODE_TO_TRACKER,
+            Message::TrackerToNode(_) => kind::TRACKER_TO_NODE,
+            Message::SizeInformation(_) => kind::SIZE_INFORMATION,
+            Message::FileCommunication(_) => kind::FILE_COMMUNICATION,
+            Message::Request(_) => kind::REQUEST,
+            Message::Cancel(_) => kind::CANCEL,
+            Message::HavePiece { .. } => kind::HAVE_PIECE,
+            Message::HashRequest { .. } => kind::HASH_REQUEST,
+            Message::Hashes { .. } => kind::HASHES,
+            Message::Error { .. } => kind::ERROR,
+            Message::KeepAlive => kind::KEEP_ALIVE,
+        }
+    }
+}
+
+impl ErrorCode {
+    /// The code for its wire byte, `None` for a byte no code uses.
+    pub fn from_u8(b: u8) -> Option<Self> {
+        Some(match b {
+            1 => ErrorCode::NotFound,
+            2 => ErrorCode::Refused,
+            3 => ErrorCode::BadRequest,
+            4 => ErrorCode::BadName,
+            5 => ErrorCode::Protocol,
+            _ => return None,
+        })
+    }
+}
+
+impl FileInfo {
+    /// Number of pieces (the last may be short); `size / piece_size` rounded up.
+    ///
+    /// Meaningful once [`check`](Self::check) passed (a zero piece size gives 0 here).
+    pub fn piece_count(&self) -> u64 {
+        match self.piece_size {
+            0 => 0,
+            p => self.size.div_ceil(u64::from(p)),
+        }
+    }
+
+    /// Checks the layout rule: piece size in `MIN_PIECE_SIZE..=MAX_PIECE_SIZE`, at most `u32::MAX` pieces.
+    pub fn check(&self) -> Result<(), WireError> {
+        if !(MIN_PIECE_SIZE..=MAX_PIECE_SIZE).contains(&self.piece_size) {
+            return Err(WireError::BadField("piece size out of range"));
+        }
+        // Piece indices are u32 everywhere on the wire.
+        if self.piece_count() > u64::from(u32::MAX) {
+            return Err(WireError::BadField("more than u32::MAX pieces"));
+        }
+        Ok(())
+    }
+
+    /// Length in bytes of a bitfield with one bit per piece.
+    pub fn bitfield_len(&self) -> u64 {
+        self.piece_count().div_ceil(8)
+    }
+}
+
+/// The name rule shared by file and node names.
+///
+/// Non-empty, at most `MAX_NAME_LEN` bytes, not `.` or `..`, and no `/`, `\`, NUL or
+/// control character: a name received from the network is always one plain file
+/// name, never a path, and cannot forge log lines.
+pub fn check_name(name: &str) -> Result<(), WireError> {
+    if name.is_empty() {
+        return Err(WireError::BadName("empty"));
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(WireError::BadName("longer than MAX_NAME_LEN bytes"));
+    }
+    if name == "." || name == ".." {
+        return Err(WireError::BadName("`.` or `..`"));
+    }
+    for c in name.chars() {
+        match c {
+            '/' | '\\' => return Err(WireError::BadName("contains a path separator")),
+            '\0' => return Err(WireError::BadName("contains NUL")),
+            c if c.is_control() => return Err(WireError::BadName("contains a control character")),
+            _ => {}
+        }
+    }
+    Ok(())
 }
