@@ -55,7 +55,9 @@ fn main() -> ExitCode {
     let args = Args::parse();
     shoal::logging::init(args.verbose, args.quiet);
     let piece_size = match u32::try_from(args.piece_size) {
-        Ok(size) if (shoal::wire::MIN_PIECE_SIZE..=shoal::wire::MAX_PIECE_SIZE).contains(&size) => size,
+        Ok(size) if (shoal::wire::MIN_PIECE_SIZE..=shoal::wire::MAX_PIECE_SIZE).contains(&size) => {
+            size
+        }
         _ => {
             eprintln!("shoal-node: --piece-size must be between 16K and 64M");
             return ExitCode::from(2);

@@ -116,7 +116,11 @@ mod tests {
         field.set(9);
         assert_eq!(field.as_bytes(), &[0x80, 0x40]);
         assert_eq!(Bitfield::from_wire(&[0x80, 0x40], 10), Some(field));
-        assert_eq!(Bitfield::from_wire(&[0x80, 0x41], 10), None, "spare bit set");
+        assert_eq!(
+            Bitfield::from_wire(&[0x80, 0x41], 10),
+            None,
+            "spare bit set"
+        );
         assert_eq!(Bitfield::from_wire(&[0x80], 10), None, "short");
     }
 

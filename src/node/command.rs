@@ -30,8 +30,12 @@ pub fn parse(line: &str) -> Result<Option<Command>, String> {
     let words: Vec<&str> = line.split_whitespace().collect();
     let command = match words.as_slice() {
         [] => return Ok(None),
-        ["upload", file] | ["torrent", "-setMode", "upload", file] => Command::Upload((*file).to_owned()),
-        ["download", file] | ["torrent", "-setMode", "download", file] => Command::Download((*file).to_owned()),
+        ["upload", file] | ["torrent", "-setMode", "upload", file] => {
+            Command::Upload((*file).to_owned())
+        }
+        ["download", file] | ["torrent", "-setMode", "download", file] => {
+            Command::Download((*file).to_owned())
+        }
         ["status"] => Command::Status,
         ["help"] | ["?"] => Command::Help,
         ["exit"] | ["quit"] | ["torrent", "exit"] => Command::Exit,
@@ -46,9 +50,18 @@ mod tests {
 
     #[test]
     fn heritage_and_short_forms_parse_alike() {
-        assert_eq!(parse("torrent -setMode upload a.bin"), Ok(Some(Command::Upload("a.bin".into()))));
-        assert_eq!(parse("  upload a.bin "), Ok(Some(Command::Upload("a.bin".into()))));
-        assert_eq!(parse("torrent -setMode download b"), Ok(Some(Command::Download("b".into()))));
+        assert_eq!(
+            parse("torrent -setMode upload a.bin"),
+            Ok(Some(Command::Upload("a.bin".into())))
+        );
+        assert_eq!(
+            parse("  upload a.bin "),
+            Ok(Some(Command::Upload("a.bin".into())))
+        );
+        assert_eq!(
+            parse("torrent -setMode download b"),
+            Ok(Some(Command::Download("b".into())))
+        );
         assert_eq!(parse("download b"), Ok(Some(Command::Download("b".into()))));
         assert_eq!(parse("torrent exit"), Ok(Some(Command::Exit)));
         assert_eq!(parse("exit"), Ok(Some(Command::Exit)));

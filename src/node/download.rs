@@ -287,7 +287,11 @@ impl<S: PartStore> Download<S> {
             done,
             total,
             rate: self.peers.values().map(|p| p.rate).sum(),
-            owners: self.peers.values().filter(|p| p.phase == PeerPhase::Ready).count(),
+            owners: self
+                .peers
+                .values()
+                .filter(|p| p.phase == PeerPhase::Ready)
+                .count(),
         }
     }
 
@@ -303,10 +307,16 @@ impl<S: PartStore> Download<S> {
         if self.is_over() {
             return;
         }
-        let owners: Vec<&Owner<'_>> = owners.iter().filter(|o| o.node_name != self.my_name).collect();
+        let owners: Vec<&Owner<'_>> = owners
+            .iter()
+            .filter(|o| o.node_name != self.my_name)
+            .collect();
         if self.info.is_none() {
             if owners.is_empty() {
-                self.fail(io, format!("no owner of {} is known to the tracker", self.name));
+                self.fail(
+                    io,
+                    format!("no owner of {} is known to the tracker", self.name),
+                );
                 return;
             }
             let info = choose_version(&owners);
@@ -332,24 +342,34 @@ impl<S: PartStore> Download<S> {
             }
         }
         let Some(info) = self.info else { return };
-        let listed: HashSet<SocketAddr> = owners.iter().filter(|o| o.info.root == info.root).map(|o| o.addr).collect();
+        let listed: HashSet<SocketAddr> = owners
+            .iter()
+            .filter(|o| o.info.root == info.root)
+            .map(|o| o.addr)
+            .collect();
         self.candidates.retain(|addr, _| listed.contains(addr));
         for owner in owners.iter().filter(|o| o.info.root == info.root) {
             if owner.info != info || self.banned.contains(&owner.addr) {
                 continue;
             }
-            self.candidates.entry(owner.addr).or_insert_with(|| Candidate {
-                name: owner.node_name.to_owned(),
-                retry_at: None,
-                failures: 0,
-            });
+            self.candidates
+                .entry(owner.addr)
+                .or_insert_with(|| Candidate {
+                    name: owner.node_name.to_owned(),
+                    retry_at: None,
+                    failures: 0,
+                });
         }
         self.connect_more(now, io);
     }
 
     /// Opens connections to known owners not yet connected, up to the cap.
     fn connect_more(&mut self, now: Instant, io: &mut dyn PeerIo) {
-        if !matches!(self.phase, Phase::Hashes | Phase::Store | Phase::Verify | Phase::Pieces) || self.info.is_some_and(|i| i.size == 0) {
+        if !matches!(
+            self.phase,
+            Phase::Hashes | Phase::Store | Phase::Verify | Phase::Pieces
+        ) || self.info.is_some_and(|i| i.size == 0)
+        {
             return;
         }
         let connected: HashSet<SocketAddr> = self.peers.values().map(|p| p.addr).collect();
@@ -373,7 +393,9 @@ impl<S: PartStore> Download<S> {
     /// `slot`'s connection is up: ask for the layout and pieces.
     pub fn on_connected(&mut self, now: Instant, slot: SlotId, io: &mut dyn PeerIo) {
         let Some(info) = self.info else { return };
-        let Some(peer) = self.peers.get_mut(&slot) else { return };
+        let Some(peer) = self.peers.get_mut(&slot) else {
+            return;
+        };
         if peer.phase != PeerPhase::Connecting {
             return;
         }
@@ -396,7 +418,13 @@ impl<S: PartStore> Download<S> {
     }
 
     /// A frame arrived on `slot`.
-    pub fn on_message(&mut self, now: Instant, slot: SlotId, msg: &Message<'_>, io: &mut dyn PeerIo) {
+    pub fn on_message(
+        &mut self,
+        now: Instant,
+        slot: SlotId,
+        msg: &Message<'_>,
+        io: &mut dyn PeerIo,
+    ) {
         if !self.peers.contains_key(&slot) || self.is_over() {
             return;
         }
@@ -404,7 +432,11 @@ impl<S: PartStore> Download<S> {
             Message::SizeInformation(SizeInformation::Answer { name, info, have }) => {
                 self.on_answer(now, slot, name, info, have, io)
             }
-            Message::Hashes { root, first, hashes } => self.on_hashes(now, slot, root, *first, hashes, io),
+            Message::Hashes {
+                root,
+                first,
+                hashes,
+            } => self.on_hashes(now, slot, root, *first, hashes, io),
             Message::FileCommunication(block) => {
                 if Some(block.root) != self.info.map(|i| i.root) {
                     self.lose_peer(now, slot, Some("sent data of another file"), io);
@@ -437,7 +469,15 @@ impl<S: PartStore> Download<S> {
         }
     }
 
-    fn on_answer(&mut self, now: Instant, slot: SlotId, name: &str, info: &FileInfo, have: &[u8], io: &mut dyn PeerIo) {
+    fn on_answer(
+        &mut self,
+        now: Instant,
+        slot: SlotId,
+        name: &str,
+        info: &FileInfo,
+        have: &[u8],
+        io: &mut dyn PeerIo,
+    ) {
         let Some(expected) = self.info else { return };
         if name != self.name || *info != expected {
             self.lose_peer(now, slot, Some("answered with another file's layout"), io);
@@ -448,7 +488,9 @@ impl<S: PartStore> Download<S> {
             self.lose_peer(now, slot, Some("sent a malformed piece bitfield"), io);
             return;
         };
-        let Some(peer) = self.peers.get_mut(&slot) else { return };
+        let Some(peer) = self.peers.get_mut(&slot) else {
+            return;
+        };
         peer.phase = PeerPhase::Ready;
         peer.last_progress = now;
         peer.has = has;
@@ -469,7 +511,11 @@ impl<S: PartStore> Download<S> {
             return;
         }
         let Some(info) = self.info else { return };
-        let Some((&slot, peer)) = self.peers.iter_mut().find(|(_, p)| p.phase == PeerPhase::Ready) else {
+        let Some((&slot, peer)) = self
+            .peers
+            .iter_mut()
+            .find(|(_, p)| p.phase == PeerPhase::Ready)
+        else {
             return;
         };
         let pieces = layout_of(info).piece_count();
@@ -496,15 +542,30 @@ impl<S: PartStore> Download<S> {
         }
     }
 
-    fn on_hashes(&mut self, now: Instant, slot: SlotId, root: &RootHash, first: u32, hashes: &[u8], io: &mut dyn PeerIo) {
+    fn on_hashes(
+        &mut self,
+        now: Instant,
+        slot: SlotId,
+        root: &RootHash,
+        first: u32,
+        hashes: &[u8],
+        io: &mut dyn PeerIo,
+    ) {
         let Some(info) = self.info else { return };
         if self.phase != Phase::Hashes || self.hash_source != Some(slot) {
             return;
         }
         let count = hashes.len() / 32;
-        let fits = (first as usize).checked_add(count).is_some_and(|end| end <= self.hashes.len());
+        let fits = (first as usize)
+            .checked_add(count)
+            .is_some_and(|end| end <= self.hashes.len());
         if *root != info.root || !fits || hashes.len() % 32 != 0 {
-            self.lose_peer(now, slot, Some("sent hashes that do not fit the layout"), io);
+            self.lose_peer(
+                now,
+                slot,
+                Some("sent hashes that do not fit the layout"),
+                io,
+            );
             return;
         }
         for (i, hash) in hashes.chunks_exact(32).enumerate() {
@@ -518,7 +579,12 @@ impl<S: PartStore> Download<S> {
         if self.hashes_got.iter().all(|&got| got) {
             if storage::root_hash(layout_of(info), &self.hashes) != info.root {
                 self.hashes_got.iter_mut().for_each(|g| *g = false);
-                self.ban(now, slot, "sent piece hashes that do not match the root hash", io);
+                self.ban(
+                    now,
+                    slot,
+                    "sent piece hashes that do not match the root hash",
+                    io,
+                );
                 return;
             }
             self.hash_source = None;
@@ -547,7 +613,9 @@ impl<S: PartStore> Download<S> {
     }
     /// Re-verifies up to `verify_step_bytes` of claimed pieces; moves on to fetching when done.
     fn verify_step(&mut self, now: Instant, io: &mut dyn PeerIo) {
-        let (Some(info), Some(store), Some(picker)) = (self.info, self.store.as_mut(), self.picker.as_mut()) else {
+        let (Some(info), Some(store), Some(picker)) =
+            (self.info, self.store.as_mut(), self.picker.as_mut())
+        else {
             return;
         };
         let layout = layout_of(info);
@@ -561,7 +629,12 @@ impl<S: PartStore> Download<S> {
             }
             let len = layout.piece_len(piece);
             budget = budget.saturating_sub(u64::from(len));
-            let hash = storage::hash_stored_piece(&*store, layout.piece_offset(piece), len, &mut self.scratch);
+            let hash = storage::hash_stored_piece(
+                &*store,
+                layout.piece_offset(piece),
+                len,
+                &mut self.scratch,
+            );
             match hash {
                 Ok(hash) if hash == self.hashes[piece as usize] => {
                     picker.complete(piece);
@@ -589,7 +662,10 @@ impl<S: PartStore> Download<S> {
         self.claimed = Vec::new();
         let kept = picker.have().count();
         if kept > 0 {
-            log::info!("{}: resuming with {kept} of {pieces} pieces already verified", self.name);
+            log::info!(
+                "{}: resuming with {kept} of {pieces} pieces already verified",
+                self.name
+            );
         }
         self.phase = Phase::Pieces;
         if picker.is_complete() {
@@ -600,10 +676,20 @@ impl<S: PartStore> Download<S> {
     }
 
     /// Bytes of a piece arrived from `slot`.
-    fn on_block(&mut self, now: Instant, slot: SlotId, piece: u32, offset: u32, data: &[u8], io: &mut dyn PeerIo) {
+    fn on_block(
+        &mut self,
+        now: Instant,
+        slot: SlotId,
+        piece: u32,
+        offset: u32,
+        data: &[u8],
+        io: &mut dyn PeerIo,
+    ) {
         let Some(info) = self.info else { return };
         let layout = layout_of(info);
-        let Some(peer) = self.peers.get_mut(&slot) else { return };
+        let Some(peer) = self.peers.get_mut(&slot) else {
+            return;
+        };
         let len = data.len() as u32;
         let Some(pos) = peer
             .requests
@@ -658,7 +744,12 @@ impl<S: PartStore> Download<S> {
                 return;
             }
             peer.partial_pieces.retain(|&(p, _)| p != piece);
-            match storage::hash_stored_piece(&*store, layout.piece_offset(piece), piece_len, &mut self.scratch) {
+            match storage::hash_stored_piece(
+                &*store,
+                layout.piece_offset(piece),
+                piece_len,
+                &mut self.scratch,
+            ) {
                 Ok(hash) if hash == self.hashes[piece as usize] => {}
                 Ok(_) => {
                     let why = format!("sent piece {piece} failing its hash");
@@ -675,7 +766,9 @@ impl<S: PartStore> Download<S> {
     }
 
     fn piece_verified(&mut self, now: Instant, slot: SlotId, piece: u32, io: &mut dyn PeerIo) {
-        let (Some(info), Some(picker), Some(store)) = (self.info, self.picker.as_mut(), self.store.as_mut()) else {
+        let (Some(info), Some(picker), Some(store)) =
+            (self.info, self.picker.as_mut(), self.store.as_mut())
+        else {
             return;
         };
         if let Err(e) = store.mark_done(piece) {
@@ -731,7 +824,9 @@ impl<S: PartStore> Download<S> {
                 let multi_block = |p: u32| layout.piece_len(p) > MAX_BLOCK_LEN;
                 let piece = match picker.pick(&peer.has) {
                     Some(piece) => piece,
-                    None => match picker.pick_duplicate(&peer.has, |p| multi_block(p) || peer.is_fetching(p)) {
+                    None => match picker
+                        .pick_duplicate(&peer.has, |p| multi_block(p) || peer.is_fetching(p))
+                    {
                         Some(piece) => piece,
                         None => break,
                     },
@@ -747,11 +842,23 @@ impl<S: PartStore> Download<S> {
 
     /// Drops `slot`; its pieces go back in the queue. `why` is logged when the owner misbehaved.
     fn lose_peer(&mut self, now: Instant, slot: SlotId, why: Option<&str>, io: &mut dyn PeerIo) {
-        let Some(peer) = self.peers.remove(&slot) else { return };
+        let Some(peer) = self.peers.remove(&slot) else {
+            return;
+        };
         io.disconnect(slot);
         match why {
-            Some(why) => log::warn!("{}: dropping owner {} at {}: {why}", self.name, peer.name, peer.addr),
-            None => log::info!("{}: owner {} at {} went away", self.name, peer.name, peer.addr),
+            Some(why) => log::warn!(
+                "{}: dropping owner {} at {}: {why}",
+                self.name,
+                peer.name,
+                peer.addr
+            ),
+            None => log::info!(
+                "{}: owner {} at {} went away",
+                self.name,
+                peer.name,
+                peer.addr
+            ),
         }
         if let Some(picker) = self.picker.as_mut() {
             for piece in peer.pieces_in_flight() {
@@ -761,10 +868,15 @@ impl<S: PartStore> Download<S> {
                 picker.remove_owner(&peer.has);
             }
         }
-        self.refetched_bytes += peer.partial_pieces.iter().map(|&(_, got)| u64::from(got)).sum::<u64>();
+        self.refetched_bytes += peer
+            .partial_pieces
+            .iter()
+            .map(|&(_, got)| u64::from(got))
+            .sum::<u64>();
         if let Some(c) = self.candidates.get_mut(&peer.addr) {
             c.failures += 1;
-            let backoff = self.config.reconnect_backoff * 2u32.saturating_pow(c.failures.min(5) - 1);
+            let backoff =
+                self.config.reconnect_backoff * 2u32.saturating_pow(c.failures.min(5) - 1);
             c.retry_at = Some(now + backoff);
         }
         if self.hash_source == Some(slot) {
@@ -812,7 +924,10 @@ impl<S: PartStore> Download<S> {
         if self.is_over() || self.phase == Phase::Finishing {
             return None;
         }
-        Some(self.verify_due.map_or(self.next_tick, |due| due.min(self.next_tick)))
+        Some(
+            self.verify_due
+                .map_or(self.next_tick, |due| due.min(self.next_tick)),
+        )
     }
 
     /// Time passed: resume verification, sample rates, drop stalled owners, retry, give up if starved.
@@ -833,10 +948,13 @@ impl<S: PartStore> Download<S> {
             let quiet = now.saturating_duration_since(peer.last_progress);
             let limit = match peer.phase {
                 PeerPhase::Connecting | PeerPhase::Asked => Some(self.config.connect_timeout),
-                PeerPhase::Ready if !peer.requests.is_empty() => {
-                    Some(peer.stall_timeout(self.config.min_stall_timeout, self.config.first_byte_timeout))
+                PeerPhase::Ready if !peer.requests.is_empty() => Some(peer.stall_timeout(
+                    self.config.min_stall_timeout,
+                    self.config.first_byte_timeout,
+                )),
+                PeerPhase::Ready if self.hash_source == Some(slot) => {
+                    Some(self.config.first_byte_timeout)
                 }
-                PeerPhase::Ready if self.hash_source == Some(slot) => Some(self.config.first_byte_timeout),
                 PeerPhase::Ready => None,
             };
             if limit.is_some_and(|limit| quiet > limit) {

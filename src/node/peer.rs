@@ -102,7 +102,11 @@ impl Peer {
             return;
         }
         let current = self.bytes_since_sample as f64 / elapsed;
-        self.rate = if self.rate == 0.0 { current } else { 0.5 * self.rate + 0.5 * current };
+        self.rate = if self.rate == 0.0 {
+            current
+        } else {
+            0.5 * self.rate + 0.5 * current
+        };
         self.bytes_since_sample = 0;
         self.sampled_at = now;
     }

@@ -31,7 +31,10 @@ impl Picker {
     /// A picker for `have.len()` pieces, of which those in `have` are already held.
     pub fn new(have: Bitfield) -> Self {
         let pieces = have.len();
-        let queue = (0..pieces).filter(|&p| !have.get(p)).map(|p| (0, p)).collect();
+        let queue = (0..pieces)
+            .filter(|&p| !have.get(p))
+            .map(|p| (0, p))
+            .collect();
         Picker {
             copies: vec![0; pieces as usize],
             avail: vec![0; pieces as usize],

@@ -72,7 +72,9 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         'G' => 30,
         _ => return Err(format!("invalid size {text:?}: unknown unit {unit}")),
     };
-    let value: u64 = digits.parse().map_err(|_| format!("invalid size {text:?}"))?;
+    let value: u64 = digits
+        .parse()
+        .map_err(|_| format!("invalid size {text:?}"))?;
     value
         .checked_mul(1 << shift)
         .filter(|&v| v > 0)

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use super::bitfield::Bitfield;
 use super::command::{self, Command};
 use super::config::NodeConfig;
-use super::download::{Download, Notice, Phase, PeerIo};
+use super::download::{Download, Notice, PeerIo, Phase};
 use super::peer::SlotId;
 use super::progress::ProgressView;
 use super::rate::TokenBucket;
@@ -62,7 +62,9 @@ pub fn bind(config: NodeConfig) -> io::Result<NodeServer> {
     reactor.enable_signals()?;
     let now = reactor.ctx().now();
     let node = Node {
-        bucket: config.max_upload_rate.map(|rate| TokenBucket::new(rate, now)),
+        bucket: config
+            .max_upload_rate
+            .map(|rate| TokenBucket::new(rate, now)),
         listen_port: addr.port(),
         config,
         folder,
@@ -74,11 +76,18 @@ pub fn bind(config: NodeConfig) -> io::Result<NodeServer> {
         wake_at: None,
         stopper: reactor.stopper(),
         awaited: HashSet::new(),
-        report: RunReport { failed: 0, completed: 0 },
+        report: RunReport {
+            failed: 0,
+            completed: 0,
+        },
         stopping: false,
         serve_cursor: 0,
     };
-    Ok(NodeServer { reactor, node, addr })
+    Ok(NodeServer {
+        reactor,
+        node,
+        addr,
+    })
 }
 
 impl NodeServer {
@@ -180,7 +189,11 @@ impl Library for Lib<'_> {
             .find(|s| s.name == name && root.is_none_or(|r| *r == s.info.root));
         match shared {
             Some(s) => Some(shared_view(s)),
-            None => self.downloads.get(name).and_then(partial_view).filter(|v| root.is_none_or(|r| *r == v.info.root)),
+            None => self
+                .downloads
+                .get(name)
+                .and_then(partial_view)
+                .filter(|v| root.is_none_or(|r| *r == v.info.root)),
         }
     }
 
@@ -252,7 +265,9 @@ impl PeerIo for DlIo<'_> {
     }
 
     fn send(&mut self, slot: SlotId, msg: &Message<'_>) {
-        let Some(&conn) = self.slots.get(&slot) else { return };
+        let Some(&conn) = self.slots.get(&slot) else {
+            return;
+        };
         if let Some(out) = self.ctx.out_buf(conn) {
             if let Err(e) = wire::encode(msg, out) {
                 log::error!("{}: cannot encode a request: {e}", self.file);
@@ -303,18 +318,32 @@ impl Node {
         self.tracker.up = true;
         self.tracker.backoff = Duration::ZERO;
         if was_retrying {
-            log::warn!("tracker at {} reached again; re-announcing", self.config.tracker);
+            log::warn!(
+                "tracker at {} reached again; re-announcing",
+                self.config.tracker
+            );
         }
-        self.to_tracker(
+        self.tell_tracker(
             ctx,
             &NodeToTracker::Hello {
                 node_name: &self.config.name.clone(),
                 listen_port: self.listen_port,
             },
         );
-        let shared: Vec<(String, FileInfo)> = self.shared.values().map(|s| (s.name.clone(), s.info)).collect();
+        let shared: Vec<(String, FileInfo)> = self
+            .shared
+            .values()
+            .map(|s| (s.name.clone(), s.info))
+            .collect();
         for (name, info) in shared {
-            self.to_tracker(ctx, &NodeToTracker::Have { name: &name, info, complete: true });
+            self.tell_tracker(
+                ctx,
+                &NodeToTracker::Have {
+                    name: &name,
+                    info,
+                    complete: true,
+                },
+            );
         }
         let downloads: Vec<(String, Option<FileInfo>, bool)> = self
             .downloads
@@ -324,9 +353,16 @@ impl Node {
             .collect();
         for (name, info, announced) in downloads {
             if let (Some(info), true) = (info, announced) {
-                self.to_tracker(ctx, &NodeToTracker::Have { name: &name, info, complete: false });
+                self.tell_tracker(
+                    ctx,
+                    &NodeToTracker::Have {
+                        name: &name,
+                        info,
+                        complete: false,
+                    },
+                );
             }
-            self.to_tracker(ctx, &NodeToTracker::Need { name: &name });
+            self.tell_tracker(ctx, &NodeToTracker::Need { name: &name });
         }
     }
 
@@ -336,7 +372,8 @@ impl Node {
         if self.stopping {
             return;
         }
-        let backoff = (self.tracker.backoff * 2).clamp(Duration::from_millis(500), MAX_TRACKER_BACKOFF);
+        let backoff =
+            (self.tracker.backoff * 2).clamp(Duration::from_millis(500), MAX_TRACKER_BACKOFF);
         self.tracker.backoff = backoff;
         self.tracker.retry_at = Some(ctx.now() + backoff);
         log::warn!(
@@ -346,7 +383,7 @@ impl Node {
         );
     }
 
-    fn to_tracker(&mut self, ctx: &mut Ctx, msg: &NodeToTracker<'_>) {
+    fn tell_tracker(&mut self, ctx: &mut Ctx, msg: &NodeToTracker<'_>) {
         let Some(conn) = self.tracker.conn.filter(|_| self.tracker.up) else {
             return;
         };
@@ -379,14 +416,19 @@ impl Node {
             log::error!("upload {name}: name refused: {e}");
             return;
         }
-        if self.shared.values().any(|s| s.name == name) || self.hashing.iter().any(|j| j.name == name) {
+        if self.shared.values().any(|s| s.name == name)
+            || self.hashing.iter().any(|j| j.name == name)
+        {
             log::warn!("upload {name}: already shared");
             return;
         }
         let store = match self.folder.open_shared(name) {
             Ok(store) => store,
             Err(e) => {
-                log::error!("upload {name}: not in my folder {}: {e}", self.folder.dir().display());
+                log::error!(
+                    "upload {name}: not in my folder {}: {e}",
+                    self.folder.dir().display()
+                );
                 return;
             }
         };
@@ -395,10 +437,17 @@ impl Node {
             piece_size: self.config.piece_size,
         };
         if layout.size.div_ceil(u64::from(layout.piece_size)) > u64::from(u32::MAX) {
-            log::error!("upload {name}: too many pieces for piece size {}", layout.piece_size);
+            log::error!(
+                "upload {name}: too many pieces for piece size {}",
+                layout.piece_size
+            );
             return;
         }
-        log::info!("upload {name}: hashing {} bytes in {} pieces", layout.size, layout.piece_count());
+        log::info!(
+            "upload {name}: hashing {} bytes in {} pieces",
+            layout.size,
+            layout.piece_count()
+        );
         self.hashing.push(HashJob {
             name: name.to_owned(),
             layout,
@@ -436,22 +485,54 @@ impl Node {
         }
     }
 
-    fn publish(&mut self, ctx: &mut Ctx, name: String, info: FileInfo, hashes: Vec<Hash>, store: SharedFile) {
-        println!("sharing {name} ({} bytes, root {})", info.size, short_hex(&info.root));
-        self.to_tracker(ctx, &NodeToTracker::Have { name: &name, info, complete: true });
+    fn publish(
+        &mut self,
+        ctx: &mut Ctx,
+        name: String,
+        info: FileInfo,
+        hashes: Vec<Hash>,
+        store: SharedFile,
+    ) {
+        println!(
+            "sharing {name} ({} bytes, root {})",
+            info.size,
+            short_hex(&info.root)
+        );
+        self.tell_tracker(
+            ctx,
+            &NodeToTracker::Have {
+                name: &name,
+                info,
+                complete: true,
+            },
+        );
         let have = Bitfield::full(hashes.len() as u32);
-        self.shared.insert(info.root, Shared { name, info, hashes, have, store });
+        self.shared.insert(
+            info.root,
+            Shared {
+                name,
+                info,
+                hashes,
+                have,
+                store,
+            },
+        );
     }
 
     fn on_serve_frame(&mut self, ctx: &mut Ctx, conn: ConnId, msg: &Message<'_>) {
-        let Some(Role::Serve(serve)) = self.conns.get_mut(&conn) else { return };
+        let Some(Role::Serve(serve)) = self.conns.get_mut(&conn) else {
+            return;
+        };
         let lib = Lib {
             shared: &self.shared,
             downloads: &self.downloads,
         };
         let Some(out) = ctx.out_buf(conn) else { return };
         if serve.on_message(msg, &lib, out) == ServeOutcome::Close {
-            log::info!("closing a serving connection from {:?}: bad request", ctx.peer_addr(conn));
+            log::info!(
+                "closing a serving connection from {:?}: bad request",
+                ctx.peer_addr(conn)
+            );
             self.conns.remove(&conn);
             ctx.close(conn);
         }
@@ -460,7 +541,9 @@ impl Node {
     /// Tops up `conn`'s output with queued blocks while it has room and the rate allows.
     fn pump(&mut self, ctx: &mut Ctx, conn: ConnId) {
         let now = ctx.now();
-        let Some(Role::Serve(serve)) = self.conns.get_mut(&conn) else { return };
+        let Some(Role::Serve(serve)) = self.conns.get_mut(&conn) else {
+            return;
+        };
         let lib = Lib {
             shared: &self.shared,
             downloads: &self.downloads,
@@ -471,7 +554,9 @@ impl Node {
                     break;
                 }
             }
-            let Some(request) = serve.next_request() else { break };
+            let Some(request) = serve.next_request() else {
+                break;
+            };
             let Some(out) = ctx.out_buf(conn) else { return };
             match serve_block(&request, &lib, out) {
                 Ok(sent) => {
@@ -481,7 +566,13 @@ impl Node {
                 }
                 Err(why) => {
                     log::warn!("cannot serve piece {}: {why}", request.piece);
-                    let _ = wire::encode(&Message::Error { code: ErrorCode::Refused, reason: &why }, out);
+                    let _ = wire::encode(
+                        &Message::Error {
+                            code: ErrorCode::Refused,
+                            reason: &why,
+                        },
+                        out,
+                    );
                     self.conns.remove(&conn);
                     ctx.close(conn);
                     return;
@@ -522,7 +613,10 @@ impl Node {
             return false;
         }
         if self.folder.final_exists(name) {
-            log::error!("download {name}: {} already exists; remove it first", self.folder.dir().join(name).display());
+            log::error!(
+                "download {name}: {} already exists; remove it first",
+                self.folder.dir().join(name).display()
+            );
             return false;
         }
         let now = ctx.now();
@@ -537,17 +631,27 @@ impl Node {
         };
         self.downloads.insert(name.to_owned(), transfer);
         if self.tracker.up {
-            self.to_tracker(ctx, &NodeToTracker::Need { name });
-        } else {
-            log::warn!("download {name}: waiting for the tracker at {}", self.config.tracker);
+            self.tell_tracker(ctx, &NodeToTracker::Need { name });
+        } else if self.tracker.retry_at.is_some() {
+            log::warn!(
+                "download {name}: waiting for the tracker at {}",
+                self.config.tracker
+            );
         }
         true
     }
 
     /// Runs `f` on the download of `file` with its connection actions, then applies its notices.
-    fn with_download(&mut self, ctx: &mut Ctx, file: &str, f: impl FnOnce(&mut Download<PartialFile>, &mut dyn PeerIo)) {
+    fn with_download(
+        &mut self,
+        ctx: &mut Ctx,
+        file: &str,
+        f: impl FnOnce(&mut Download<PartialFile>, &mut dyn PeerIo),
+    ) {
         let now = ctx.now();
-        let Some(transfer) = self.downloads.get_mut(file) else { return };
+        let Some(transfer) = self.downloads.get_mut(file) else {
+            return;
+        };
         let mut io = DlIo {
             ctx: &mut *ctx,
             conns: &mut self.conns,
@@ -569,8 +673,12 @@ impl Node {
 
     fn after_download(&mut self, ctx: &mut Ctx, file: &str) {
         loop {
-            let Some(transfer) = self.downloads.get_mut(file) else { return };
-            let Some(notice) = transfer.dl.poll_notice() else { break };
+            let Some(transfer) = self.downloads.get_mut(file) else {
+                return;
+            };
+            let Some(notice) = transfer.dl.poll_notice() else {
+                break;
+            };
             match notice {
                 Notice::NeedStore { info } => self.attach_store(ctx, file, info),
                 Notice::PieceDone(piece) => self.piece_done(ctx, file, piece),
@@ -597,11 +705,18 @@ impl Node {
     }
 
     fn piece_done(&mut self, ctx: &mut Ctx, file: &str, piece: u32) {
-        let Some(transfer) = self.downloads.get_mut(file) else { return };
-        let Some(info) = transfer.dl.info() else { return };
+        let Some(transfer) = self.downloads.get_mut(file) else {
+            return;
+        };
+        let Some(info) = transfer.dl.info() else {
+            return;
+        };
         let first = !transfer.announced;
         transfer.announced = true;
-        let have = Message::HavePiece { root: info.root, piece };
+        let have = Message::HavePiece {
+            root: info.root,
+            piece,
+        };
         for (&conn, role) in &self.conns {
             if let Role::Serve(serve) = role {
                 if serve.watches(&info.root) {
@@ -613,18 +728,29 @@ impl Node {
         }
         if first {
             // From its first verified piece on, a downloader is a partial owner others can use.
-            self.to_tracker(ctx, &NodeToTracker::Have { name: file, info, complete: false });
+            self.tell_tracker(
+                ctx,
+                &NodeToTracker::Have {
+                    name: file,
+                    info,
+                    complete: false,
+                },
+            );
         }
     }
 
     fn complete(&mut self, ctx: &mut Ctx, file: &str) {
         let now = ctx.now();
-        let Some(transfer) = self.downloads.get_mut(file) else { return };
+        let Some(transfer) = self.downloads.get_mut(file) else {
+            return;
+        };
         let (Some(info), Some(partial)) = (transfer.dl.info(), transfer.dl.take_store()) else {
             return;
         };
         let hashes = transfer.dl.hashes_owned();
-        let elapsed = now.saturating_duration_since(transfer.started).as_secs_f64();
+        let elapsed = now
+            .saturating_duration_since(transfer.started)
+            .as_secs_f64();
         let moved = partial.finish();
         if moved.is_ok() {
             transfer.dl.finished();
@@ -637,15 +763,34 @@ impl Node {
             return;
         }
         let rate = info.size as f64 / elapsed.max(1e-6) / f64::from(1 << 20);
-        println!("downloaded {file} ({} bytes in {elapsed:.2} s, {rate:.1} MiB/s)", info.size);
+        println!(
+            "downloaded {file} ({} bytes in {elapsed:.2} s, {rate:.1} MiB/s)",
+            info.size
+        );
         self.report.completed += 1;
-        self.to_tracker(ctx, &NodeToTracker::Unneed { name: file });
+        self.tell_tracker(ctx, &NodeToTracker::Unneed { name: file });
         match self.folder.open_shared(file) {
             Ok(store) => {
                 let have = Bitfield::full(hashes.len() as u32);
-                self.to_tracker(ctx, &NodeToTracker::Have { name: file, info, complete: true });
+                self.tell_tracker(
+                    ctx,
+                    &NodeToTracker::Have {
+                        name: file,
+                        info,
+                        complete: true,
+                    },
+                );
                 let name = file.to_owned();
-                self.shared.insert(info.root, Shared { name, info, hashes, have, store });
+                self.shared.insert(
+                    info.root,
+                    Shared {
+                        name,
+                        info,
+                        hashes,
+                        have,
+                        store,
+                    },
+                );
             }
             Err(e) => log::warn!("{file}: downloaded but cannot be shared: {e}"),
         }
@@ -655,14 +800,22 @@ impl Node {
 
     fn failed(&mut self, ctx: &mut Ctx, file: &str, reason: &str) {
         eprintln!("download {file} failed: {reason}");
-        let Some(transfer) = self.downloads.get_mut(file) else { return };
+        let Some(transfer) = self.downloads.get_mut(file) else {
+            return;
+        };
         transfer.view.finish(false);
         let announced = transfer.announced;
         let info = transfer.dl.info();
         drop(transfer.dl.take_store());
-        self.to_tracker(ctx, &NodeToTracker::Unneed { name: file });
+        self.tell_tracker(ctx, &NodeToTracker::Unneed { name: file });
         if let (true, Some(info)) = (announced, info) {
-            self.to_tracker(ctx, &NodeToTracker::Drop { name: file, root: info.root });
+            self.tell_tracker(
+                ctx,
+                &NodeToTracker::Drop {
+                    name: file,
+                    root: info.root,
+                },
+            );
         }
         self.report.failed += 1;
         self.awaited.remove(file);
@@ -692,13 +845,25 @@ impl Node {
     }
 
     fn print_status(&self) {
-        let tracker = if self.tracker.up { "connected" } else { "not connected" };
-        println!("node {} at port {}; tracker {} {tracker}", self.config.name, self.listen_port, self.config.tracker);
+        let tracker = if self.tracker.up {
+            "connected"
+        } else {
+            "not connected"
+        };
+        println!(
+            "node {} at port {}; tracker {} {tracker}",
+            self.config.name, self.listen_port, self.config.tracker
+        );
         for job in &self.hashing {
             println!("  hashing  {}: {} bytes", job.name, job.layout.size);
         }
         for shared in self.shared.values() {
-            println!("  sharing  {}: {} bytes, root {}", shared.name, shared.info.size, short_hex(&shared.info.root));
+            println!(
+                "  sharing  {}: {} bytes, root {}",
+                shared.name,
+                shared.info.size,
+                short_hex(&shared.info.root)
+            );
         }
         for (name, t) in &self.downloads {
             let p = t.dl.progress();
@@ -737,14 +902,20 @@ impl Node {
         let unanswered: Vec<String> = self
             .downloads
             .iter()
-            .filter(|(_, t)| t.dl.phase() == Phase::Owners && now.saturating_duration_since(t.started) > limit)
+            .filter(|(_, t)| {
+                t.dl.phase() == Phase::Owners && now.saturating_duration_since(t.started) > limit
+            })
             .map(|(name, _)| name.clone())
             .collect();
         for name in unanswered {
             let reason = format!("no owner list from the tracker at {}", self.config.tracker);
             self.with_download(ctx, &name, |dl, io| dl.abort(reason, io));
         }
-        for t in self.downloads.values_mut().filter(|t| !t.dl.is_over() && t.next_draw <= now) {
+        for t in self
+            .downloads
+            .values_mut()
+            .filter(|t| !t.dl.is_over() && t.next_draw <= now)
+        {
             t.next_draw = now + PROGRESS_EVERY;
             t.view.update(now, &t.dl.progress());
         }
@@ -774,7 +945,10 @@ impl Node {
             }
         }
         if let Some(bucket) = self.bucket.as_mut() {
-            let waiting = self.conns.values().any(|r| matches!(r, Role::Serve(s) if s.queued() > 0));
+            let waiting = self
+                .conns
+                .values()
+                .any(|r| matches!(r, Role::Serve(s) if s.queued() > 0));
             if waiting {
                 consider(bucket.ready_at(now));
             }
@@ -792,11 +966,13 @@ impl Node {
             return;
         }
         self.stopping = true;
-        self.to_tracker(ctx, &NodeToTracker::Exit);
+        self.tell_tracker(ctx, &NodeToTracker::Exit);
         let names: Vec<String> = self.downloads.keys().cloned().collect();
         for name in names {
             if self.downloads.get(&name).is_some_and(|t| !t.dl.is_over()) {
-                self.with_download(ctx, &name, |dl, io| dl.abort("stopped; verified pieces are kept for a resume".into(), io));
+                self.with_download(ctx, &name, |dl, io| {
+                    dl.abort("stopped; verified pieces are kept for a resume".into(), io)
+                });
             }
         }
         ctx.stop();
@@ -853,7 +1029,13 @@ impl Handler for Node {
                     log::warn!("{:?} sent a bad frame: {e}; closing", ctx.peer_addr(conn));
                     if let Some(out) = ctx.out_buf(conn) {
                         let reason = e.to_string();
-                        let _ = wire::encode(&Message::Error { code: ErrorCode::Protocol, reason: &reason }, out);
+                        let _ = wire::encode(
+                            &Message::Error {
+                                code: ErrorCode::Protocol,
+                                reason: &reason,
+                            },
+                            out,
+                        );
                     }
                     self.drop_conn(ctx, conn);
                     ctx.close(conn);

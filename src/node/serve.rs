@@ -73,7 +73,12 @@ impl ServeConn {
     }
 
     /// Handles one frame from the downloader, writing any immediate answer into `out`.
-    pub fn on_message(&mut self, msg: &Message<'_>, lib: &dyn Library, out: &mut Vec<u8>) -> ServeOutcome {
+    pub fn on_message(
+        &mut self,
+        msg: &Message<'_>,
+        lib: &dyn Library,
+        out: &mut Vec<u8>,
+    ) -> ServeOutcome {
         match msg {
             Message::SizeInformation(SizeInformation::Question { name, root }) => {
                 let Some(view) = lib.by_name(name, root.as_ref()) else {
@@ -95,7 +100,9 @@ impl ServeConn {
                     return refuse(out, ErrorCode::NotFound, "file not served here");
                 };
                 let end = first.checked_add(*count).map(|e| e as usize);
-                let Some(end) = end.filter(|&e| e <= view.hashes.len() && *count <= MAX_HASHES_PER_FRAME) else {
+                let Some(end) =
+                    end.filter(|&e| e <= view.hashes.len() && *count <= MAX_HASHES_PER_FRAME)
+                else {
                     return refuse(out, ErrorCode::BadRequest, "hash range outside the file");
                 };
                 let hashes = view.hashes[*first as usize..end].as_flattened();
@@ -130,7 +137,11 @@ impl ServeConn {
                 log::debug!("downloader reports {code:?}: {reason}");
                 ServeOutcome::Continue
             }
-            _ => refuse(out, ErrorCode::Protocol, "unexpected message on a serving connection"),
+            _ => refuse(
+                out,
+                ErrorCode::Protocol,
+                "unexpected message on a serving connection",
+            ),
         }
     }
 
@@ -142,23 +153,34 @@ impl ServeConn {
 
 /// Encodes the block answering `request` into `out`, reading it from the store in place.
 /// Returns the data bytes written, or the error frame's reason if the piece cannot be read.
-pub fn serve_block(request: &BlockRequest, lib: &dyn Library, out: &mut Vec<u8>) -> Result<u32, String> {
+pub fn serve_block(
+    request: &BlockRequest,
+    lib: &dyn Library,
+    out: &mut Vec<u8>,
+) -> Result<u32, String> {
     let view = lib.by_root(&request.root).ok_or("file no longer served")?;
     let layout = Layout {
         size: view.info.size,
         piece_size: view.info.piece_size,
     };
     let at = layout.piece_offset(request.piece) + u64::from(request.offset);
-    crate::wire::encode_block_with(out, &request.root, request.piece, request.offset, request.len as usize, |buf| {
-        view.store.read_at(at, buf)
-    })
+    crate::wire::encode_block_with(
+        out,
+        &request.root,
+        request.piece,
+        request.offset,
+        request.len as usize,
+        |buf| view.store.read_at(at, buf),
+    )
     .map_err(|e| e.to_string())?;
     Ok(request.len)
 }
 
 /// A request is served only for a held piece and a range inside it.
 fn check_request(r: &BlockRequest, lib: &dyn Library) -> Result<(), (ErrorCode, &'static str)> {
-    let view = lib.by_root(&r.root).ok_or((ErrorCode::NotFound, "file not served here"))?;
+    let view = lib
+        .by_root(&r.root)
+        .ok_or((ErrorCode::NotFound, "file not served here"))?;
     let layout = Layout {
         size: view.info.size,
         piece_size: view.info.piece_size,

@@ -127,7 +127,12 @@ const HASH_READ_CHUNK: usize = 1 << 20;
 
 /// Hashes `len` bytes at `offset` of `store` as one piece (same value as [`hash_piece`]),
 /// reading through `scratch` in chunks of at most 1 MiB.
-pub fn hash_stored_piece(store: &dyn PieceStore, offset: u64, len: u32, scratch: &mut Vec<u8>) -> Result<Hash, StorageError> {
+pub fn hash_stored_piece(
+    store: &dyn PieceStore,
+    offset: u64,
+    len: u32,
+    scratch: &mut Vec<u8>,
+) -> Result<Hash, StorageError> {
     let mut hasher = blake3::Hasher::new();
     let mut done = 0u64;
     let len = u64::from(len);

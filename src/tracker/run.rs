@@ -48,7 +48,11 @@ pub fn bind(config: TrackerConfig) -> io::Result<TrackerServer> {
         wake_at: None,
         stopper: reactor.stopper(),
     };
-    Ok(TrackerServer { reactor, handler, addr })
+    Ok(TrackerServer {
+        reactor,
+        handler,
+        addr,
+    })
 }
 
 impl TrackerServer {
@@ -123,7 +127,13 @@ impl Handler for TrackerHandler {
                 Err(e) => {
                     log::warn!("{:?} sent a bad frame: {e}; closing", ctx.peer_addr(conn));
                     let reason = e.to_string();
-                    CtxOutbox(ctx).send(conn.0, &Message::Error { code: ErrorCode::Protocol, reason: &reason });
+                    CtxOutbox(ctx).send(
+                        conn.0,
+                        &Message::Error {
+                            code: ErrorCode::Protocol,
+                            reason: &reason,
+                        },
+                    );
                     ctx.close(conn);
                     used = input.len();
                     break;

@@ -147,15 +147,25 @@ impl TrackerState {
     }
 
     /// A decoded frame arrived on `session`.
-    pub fn handle(&mut self, now: Instant, session: SessionId, msg: &Message<'_>, out: &mut dyn Outbox) {
+    pub fn handle(
+        &mut self,
+        now: Instant,
+        session: SessionId,
+        msg: &Message<'_>,
+        out: &mut dyn Outbox,
+    ) {
         let Some(sess) = self.sessions.get(&session) else {
             return;
         };
         let node = sess.node.clone();
         match (msg, node) {
-            (Message::NodeToTracker(NodeToTracker::Hello { node_name, listen_port }), None) => {
-                self.hello(now, session, node_name, *listen_port, out)
-            }
+            (
+                Message::NodeToTracker(NodeToTracker::Hello {
+                    node_name,
+                    listen_port,
+                }),
+                None,
+            ) => self.hello(now, session, node_name, *listen_port, out),
             (Message::NodeToTracker(NodeToTracker::Hello { .. }), Some(_)) => {
                 refuse(out, session, ErrorCode::Protocol, "hello sent twice");
             }
@@ -163,25 +173,42 @@ impl TrackerState {
             (Message::NodeToTracker(_), None) => {
                 refuse(out, session, ErrorCode::Protocol, "hello must come first");
             }
-            (Message::NodeToTracker(req), Some(node)) => self.request(now, session, &node, req, out),
+            (Message::NodeToTracker(req), Some(node)) => {
+                self.request(now, session, &node, req, out)
+            }
             (Message::Error { code, reason }, _) => {
                 log::info!("session {session} reports {code:?}: {reason}");
             }
             (other, _) => {
-                log::debug!("session {session} sent a peer message to the tracker: {:?}", other.type_code());
+                log::debug!(
+                    "session {session} sent a peer message to the tracker: {:?}",
+                    other.type_code()
+                );
                 refuse(out, session, ErrorCode::Protocol, "not a tracker message");
             }
         }
     }
 
-    fn hello(&mut self, now: Instant, session: SessionId, name: &str, port: u16, out: &mut dyn Outbox) {
+    fn hello(
+        &mut self,
+        now: Instant,
+        session: SessionId,
+        name: &str,
+        port: u16,
+        out: &mut dyn Outbox,
+    ) {
         let Some(peer_ip) = self.sessions.get(&session).map(|s| s.peer_ip) else {
             return;
         };
         let addr = SocketAddr::new(peer_ip, port);
         if let Some(existing) = self.nodes.get_mut(name) {
             if existing.session.is_some() {
-                refuse(out, session, ErrorCode::Refused, "node name already connected");
+                refuse(
+                    out,
+                    session,
+                    ErrorCode::Refused,
+                    "node name already connected",
+                );
                 return;
             }
             // A reconnect within the grace period: the node keeps its entries.
@@ -211,10 +238,21 @@ impl TrackerState {
         log::info!("node {name} connected, serving at {addr}");
     }
 
-    fn request(&mut self, now: Instant, session: SessionId, node: &str, req: &NodeToTracker<'_>, out: &mut dyn Outbox) {
+    fn request(
+        &mut self,
+        now: Instant,
+        session: SessionId,
+        node: &str,
+        req: &NodeToTracker<'_>,
+        out: &mut dyn Outbox,
+    ) {
         match *req {
             NodeToTracker::Hello { .. } => {}
-            NodeToTracker::Have { name, info, complete } => self.have(now, session, node, name, info, complete, out),
+            NodeToTracker::Have {
+                name,
+                info,
+                complete,
+            } => self.have(now, session, node, name, info, complete, out),
             NodeToTracker::Need { name } => {
                 let watching = self.sessions.get(&session).map_or(0, |s| s.watching.len());
                 if watching >= self.limits.max_files_per_node {
@@ -256,7 +294,16 @@ impl TrackerState {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn have(&mut self, now: Instant, session: SessionId, node: &str, name: &str, info: FileInfo, complete: bool, out: &mut dyn Outbox) {
+    fn have(
+        &mut self,
+        now: Instant,
+        session: SessionId,
+        node: &str,
+        name: &str,
+        info: FileInfo,
+        complete: bool,
+        out: &mut dyn Outbox,
+    ) {
         let Some(entry) = self.nodes.get_mut(node) else {
             return;
         };
@@ -265,11 +312,20 @@ impl TrackerState {
             return;
         }
         if !self.files.contains_key(name) && self.files.len() >= self.limits.max_files {
-            refuse(out, session, ErrorCode::Refused, "tracker file table is full");
+            refuse(
+                out,
+                session,
+                ErrorCode::Refused,
+                "tracker file table is full",
+            );
             return;
         }
         let file = self.files.entry(name.to_owned()).or_default();
-        match file.owners.iter_mut().find(|o| o.node == node && o.info.root == info.root) {
+        match file
+            .owners
+            .iter_mut()
+            .find(|o| o.node == node && o.info.root == info.root)
+        {
             Some(existing) => {
                 if existing.info == info && existing.complete == complete {
                     return;
@@ -279,7 +335,12 @@ impl TrackerState {
             }
             None => {
                 if file.owners.len() >= self.limits.max_owners_per_file {
-                    refuse(out, session, ErrorCode::Refused, "too many owners for this file");
+                    refuse(
+                        out,
+                        session,
+                        ErrorCode::Refused,
+                        "too many owners for this file",
+                    );
                     return;
                 }
                 file.owners.push(OwnerEntry {
@@ -300,7 +361,8 @@ impl TrackerState {
             return false;
         };
         let before = file.owners.len();
-        file.owners.retain(|o| !(o.node == node && root.is_none_or(|r| *r == o.info.root)));
+        file.owners
+            .retain(|o| !(o.node == node && root.is_none_or(|r| *r == o.info.root)));
         let removed = file.owners.len() != before;
         let still_owns = file.owners.iter().any(|o| o.node == node);
         if !still_owns {
@@ -332,7 +394,11 @@ impl TrackerState {
 
     fn drop_empty_files<'n>(&mut self, names: impl Iterator<Item = &'n String>) {
         for name in names {
-            if self.files.get(name).is_some_and(|f| f.owners.is_empty() && f.watchers.is_empty()) {
+            if self
+                .files
+                .get(name)
+                .is_some_and(|f| f.owners.is_empty() && f.watchers.is_empty())
+            {
                 self.files.remove(name);
             }
         }
@@ -353,9 +419,19 @@ impl TrackerState {
         let listed: Vec<String> = owners
             .iter()
             .map(|o| {
-                let addr = self.nodes.get(&o.node).map(|n| n.addr.to_string()).unwrap_or_default();
+                let addr = self
+                    .nodes
+                    .get(&o.node)
+                    .map(|n| n.addr.to_string())
+                    .unwrap_or_default();
                 let part = if o.complete { "" } else { " (partial)" };
-                format!("{}@{} root {}{}", o.node, addr, short_hex(&o.info.root), part)
+                format!(
+                    "{}@{} root {}{}",
+                    o.node,
+                    addr,
+                    short_hex(&o.info.root),
+                    part
+                )
             })
             .collect();
         log::debug!("owners of {name}: [{}]", listed.join(", "));
@@ -420,7 +496,13 @@ fn refuse(out: &mut dyn Outbox, to: SessionId, code: ErrorCode, reason: &str) {
 }
 
 /// Sends the owner list, complete owners first, capped at `MAX_OWNERS_PER_REPLY`.
-fn send_owners(out: &mut dyn Outbox, to: SessionId, name: &str, owners: &[OwnerEntry], nodes: &HashMap<String, NodeEntry>) {
+fn send_owners(
+    out: &mut dyn Outbox,
+    to: SessionId,
+    name: &str,
+    owners: &[OwnerEntry],
+    nodes: &HashMap<String, NodeEntry>,
+) {
     let listed = owners
         .iter()
         .filter(|o| o.complete)
@@ -455,10 +537,13 @@ mod tests {
     use super::*;
     use std::net::Ipv4Addr;
 
+    /// An owner list as sent: to whom, which file, (owner, address, complete).
+    type SentList = (SessionId, String, Vec<(String, SocketAddr, bool)>);
+
     /// Collects what the tracker sends, as owner lists and error reasons.
     #[derive(Default)]
     struct Sent {
-        lists: Vec<(SessionId, String, Vec<(String, SocketAddr, bool)>)>,
+        lists: Vec<SentList>,
         errors: Vec<(SessionId, String)>,
         closed: Vec<SessionId>,
     }
@@ -469,7 +554,10 @@ mod tests {
                 Message::TrackerToNode(list) => self.lists.push((
                     to,
                     list.name.to_owned(),
-                    list.owners.iter().map(|o| (o.node_name.to_owned(), o.addr, o.complete)).collect(),
+                    list.owners
+                        .iter()
+                        .map(|o| (o.node_name.to_owned(), o.addr, o.complete))
+                        .collect(),
                 )),
                 Message::Error { reason, .. } => self.errors.push((to, (*reason).to_owned())),
                 other => panic!("unexpected message {other:?}"),
@@ -490,19 +578,45 @@ mod tests {
         }
     }
 
-    fn join(t: &mut TrackerState, now: Instant, session: SessionId, name: &str, port: u16, out: &mut Sent) {
+    fn join(
+        t: &mut TrackerState,
+        now: Instant,
+        session: SessionId,
+        name: &str,
+        port: u16,
+        out: &mut Sent,
+    ) {
         t.connected(session, IP);
-        let hello = Message::NodeToTracker(NodeToTracker::Hello { node_name: name, listen_port: port });
+        let hello = Message::NodeToTracker(NodeToTracker::Hello {
+            node_name: name,
+            listen_port: port,
+        });
         t.handle(now, session, &hello, out);
     }
 
-    fn have(t: &mut TrackerState, now: Instant, session: SessionId, file: &str, root: u8, out: &mut Sent) {
-        let msg = Message::NodeToTracker(NodeToTracker::Have { name: file, info: info(root), complete: true });
+    fn have(
+        t: &mut TrackerState,
+        now: Instant,
+        session: SessionId,
+        file: &str,
+        root: u8,
+        out: &mut Sent,
+    ) {
+        let msg = Message::NodeToTracker(NodeToTracker::Have {
+            name: file,
+            info: info(root),
+            complete: true,
+        });
         t.handle(now, session, &msg, out);
     }
 
     fn need(t: &mut TrackerState, now: Instant, session: SessionId, file: &str, out: &mut Sent) {
-        t.handle(now, session, &Message::NodeToTracker(NodeToTracker::Need { name: file }), out);
+        t.handle(
+            now,
+            session,
+            &Message::NodeToTracker(NodeToTracker::Need { name: file }),
+            out,
+        );
     }
 
     #[test]
@@ -514,7 +628,14 @@ mod tests {
         have(&mut t, now, 1, "f", 1, &mut out);
         join(&mut t, now, 2, "b", 4001, &mut out);
         need(&mut t, now, 2, "f", &mut out);
-        assert_eq!(out.lists, vec![(2, "f".to_owned(), vec![("a".to_owned(), SocketAddr::new(IP, 4000), true)])]);
+        assert_eq!(
+            out.lists,
+            vec![(
+                2,
+                "f".to_owned(),
+                vec![("a".to_owned(), SocketAddr::new(IP, 4000), true)]
+            )]
+        );
     }
 
     #[test]
@@ -542,7 +663,12 @@ mod tests {
         join(&mut t, now, 1, "a", 4000, &mut out);
         have(&mut t, now, 1, "f", 1, &mut out);
         have(&mut t, now, 1, "g", 2, &mut out);
-        t.handle(now, 1, &Message::NodeToTracker(NodeToTracker::Exit), &mut out);
+        t.handle(
+            now,
+            1,
+            &Message::NodeToTracker(NodeToTracker::Exit),
+            &mut out,
+        );
         assert!(t.owners_of("f").is_empty());
         assert!(t.owners_of("g").is_empty());
         assert_eq!(t.owner_entries(), 0);
