@@ -11,7 +11,7 @@ use shoal::node::{self, NodeConfig};
 /// A shoal node. Reads commands on standard input (type `help`); keeps serving
 /// after end of input until `exit`, SIGINT or SIGTERM.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version)]
 struct Args {
     /// This node's name.
     #[arg(short = 'n', long = "name")]
