@@ -58,8 +58,9 @@ pub struct Peer {
     pub delivered: u64,
 }
 
-/// Fewest bytes kept requested from one owner.
-pub const MIN_WINDOW: u64 = 2 << 20;
+/// Fewest bytes kept requested from one owner: small, so an owner not yet measured
+/// cannot take a large share of the file before its speed is known.
+pub const MIN_WINDOW: u64 = 1 << 20;
 /// Most bytes kept requested from one owner.
 pub const MAX_WINDOW: u64 = 32 << 20;
 /// How much of an owner's measured rate the window covers: enough to keep its pipe full.
@@ -115,7 +116,12 @@ impl Peer {
     /// four times what its measured rate needs for the oldest block, within bounds.
     pub fn stall_timeout(&self, min: Duration, unknown: Duration) -> Duration {
         if self.rate <= 0.0 {
-            return unknown;
+            // Delivered something but not yet sampled: it is alive and fast enough to count on.
+            return if self.bytes_since_sample > 0 || self.delivered > 0 {
+                min
+            } else {
+                unknown
+            };
         }
         let block = self.requests.front().map_or(0, |r| r.len) as f64;
         Duration::from_secs_f64((4.0 * block / self.rate).min(60.0)).max(min)
