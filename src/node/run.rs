@@ -32,6 +32,10 @@ const HASH_STEP: u64 = 16 << 20;
 const SERVE_TARGET: usize = 2 << 20;
 /// Longest wait between tracker reconnect attempts.
 const MAX_TRACKER_BACKOFF: Duration = Duration::from_secs(10);
+/// How often the node tells the tracker it is alive (the tracker closes silent links after 60 s).
+const KEEPALIVE_EVERY: Duration = Duration::from_secs(20);
+/// A serving connection with nothing asked for this long is closed.
+const SERVE_IDLE: Duration = Duration::from_secs(120);
 /// How often progress is redrawn.
 const PROGRESS_EVERY: Duration = Duration::from_millis(200);
 
@@ -82,6 +86,7 @@ pub fn bind(config: NodeConfig) -> io::Result<NodeServer> {
         },
         stopping: false,
         serve_cursor: 0,
+        housekeep_at: now + KEEPALIVE_EVERY,
     };
     Ok(NodeServer {
         reactor,
@@ -113,7 +118,7 @@ impl NodeServer {
 /// What a connection is for.
 enum Role {
     Tracker,
-    Serve(ServeConn),
+    Serve(ServeConn, Instant),
     Peer { file: Rc<str>, slot: SlotId },
 }
 
@@ -173,6 +178,8 @@ struct Node {
     report: RunReport,
     stopping: bool,
     serve_cursor: usize,
+    /// When the tracker keep-alive and the idle sweep are next due.
+    housekeep_at: Instant,
 }
 
 /// What this node serves, borrowed apart from the connection table.
@@ -520,7 +527,7 @@ impl Node {
     }
 
     fn on_serve_frame(&mut self, ctx: &mut Ctx, conn: ConnId, msg: &Message<'_>) {
-        let Some(Role::Serve(serve)) = self.conns.get_mut(&conn) else {
+        let Some(Role::Serve(serve, _)) = self.conns.get_mut(&conn) else {
             return;
         };
         let lib = Lib {
@@ -541,7 +548,7 @@ impl Node {
     /// Tops up `conn`'s output with queued blocks while it has room and the rate allows.
     fn pump(&mut self, ctx: &mut Ctx, conn: ConnId) {
         let now = ctx.now();
-        let Some(Role::Serve(serve)) = self.conns.get_mut(&conn) else {
+        let Some(Role::Serve(serve, _)) = self.conns.get_mut(&conn) else {
             return;
         };
         let lib = Lib {
@@ -586,7 +593,7 @@ impl Node {
         let mut waiting: Vec<ConnId> = self
             .conns
             .iter()
-            .filter(|(_, role)| matches!(role, Role::Serve(s) if s.queued() > 0))
+            .filter(|(_, role)| matches!(role, Role::Serve(s, _) if s.queued() > 0))
             .map(|(&conn, _)| conn)
             .collect();
         if waiting.is_empty() {
@@ -718,7 +725,7 @@ impl Node {
             piece,
         };
         for (&conn, role) in &self.conns {
-            if let Role::Serve(serve) = role {
+            if let Role::Serve(serve, _) = role {
                 if serve.watches(&info.root) {
                     if let Some(out) = ctx.out_buf(conn) {
                         let _ = wire::encode(&have, out);
@@ -889,6 +896,15 @@ impl Node {
         if self.tracker.retry_at.is_some_and(|t| t <= now) {
             self.connect_tracker(ctx);
         }
+        if self.housekeep_at <= now {
+            self.housekeep_at = now + KEEPALIVE_EVERY;
+            if let (Some(conn), true) = (self.tracker.conn, self.tracker.up) {
+                if let Some(out) = ctx.out_buf(conn) {
+                    let _ = wire::encode(&Message::KeepAlive, out);
+                }
+            }
+            self.close_idle_serving(ctx);
+        }
         let due: Vec<String> = self
             .downloads
             .iter()
@@ -935,6 +951,7 @@ impl Node {
         if let Some(t) = self.tracker.retry_at {
             consider(t);
         }
+        consider(self.housekeep_at);
         for t in self.downloads.values().filter(|t| !t.dl.is_over()) {
             if let Some(at) = t.dl.poll_timeout() {
                 consider(at);
@@ -948,7 +965,7 @@ impl Node {
             let waiting = self
                 .conns
                 .values()
-                .any(|r| matches!(r, Role::Serve(s) if s.queued() > 0));
+                .any(|r| matches!(r, Role::Serve(s, _) if s.queued() > 0));
             if waiting {
                 consider(bucket.ready_at(now));
             }
@@ -981,7 +998,7 @@ impl Node {
     fn on_frame(&mut self, ctx: &mut Ctx, conn: ConnId, msg: &Message<'_>) {
         match self.conns.get(&conn) {
             Some(Role::Tracker) => self.on_tracker_frame(ctx, msg),
-            Some(Role::Serve(_)) => self.on_serve_frame(ctx, conn, msg),
+            Some(Role::Serve(..)) => self.on_serve_frame(ctx, conn, msg),
             Some(Role::Peer { file, slot }) => {
                 let (file, slot) = (file.clone(), *slot);
                 let now = ctx.now();
@@ -993,9 +1010,10 @@ impl Node {
 }
 
 impl Handler for Node {
-    fn on_accept(&mut self, _ctx: &mut Ctx, _listener: ListenerId, conn: ConnId, peer: SocketAddr) {
+    fn on_accept(&mut self, ctx: &mut Ctx, _listener: ListenerId, conn: ConnId, peer: SocketAddr) {
         log::debug!("downloader connected from {peer}");
-        self.conns.insert(conn, Role::Serve(ServeConn::new()));
+        self.conns
+            .insert(conn, Role::Serve(ServeConn::new(), ctx.now()));
     }
 
     fn on_connect(&mut self, ctx: &mut Ctx, conn: ConnId) {
@@ -1044,7 +1062,7 @@ impl Handler for Node {
                 }
             }
         }
-        if matches!(self.conns.get(&conn), Some(Role::Serve(_))) {
+        if matches!(self.conns.get(&conn), Some(Role::Serve(..))) {
             self.pump(ctx, conn);
         }
         self.schedule(ctx);
@@ -1091,6 +1109,25 @@ impl Handler for Node {
 }
 
 impl Node {
+    /// Closes serving connections that asked for nothing for [`SERVE_IDLE`].
+    fn close_idle_serving(&mut self, ctx: &mut Ctx) {
+        let now = ctx.now();
+        let idle: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, role)| matches!(role, Role::Serve(s, heard) if s.queued() == 0 && now.saturating_duration_since(*heard) > SERVE_IDLE))
+            .map(|(&conn, _)| conn)
+            .collect();
+        for conn in idle {
+            log::debug!(
+                "closing an idle serving connection from {:?}",
+                ctx.peer_addr(conn)
+            );
+            self.conns.remove(&conn);
+            ctx.close(conn);
+        }
+    }
+
     fn drop_conn(&mut self, ctx: &mut Ctx, conn: ConnId) {
         self.drop_conn_with(ctx, conn, None);
     }
@@ -1113,7 +1150,7 @@ impl Node {
                 }
                 self.with_download(ctx, &file, |dl, io| dl.on_closed(now, slot, io));
             }
-            Some(Role::Serve(_)) | None => {}
+            Some(Role::Serve(..)) | None => {}
         }
     }
 }

@@ -1,15 +1,20 @@
 //! `tracker::run`: the tracker's state machine driven on a reactor.
 
+use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::state::{Outbox, SessionId, TrackerLimits, TrackerState};
 use crate::reactor::{CloseReason, ConnId, Ctx, Handler, ListenerId, Reactor, Stopper};
 use crate::wire::{self, Decoded, ErrorCode, Limits, Message};
 
-/// The one reactor timer key the tracker uses.
+/// The reactor timer key for the state machine's deadlines.
 const WAKE: u64 = 1;
+/// The reactor timer key for the idle sweep.
+const SWEEP: u64 = 2;
+/// A node connection silent this long is closed (nodes send a keep-alive every 20 s).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Largest frame a node may send the tracker: control messages only, so far below the data limit.
 const MAX_TRACKER_PAYLOAD: usize = 64 << 10;
 
@@ -47,7 +52,10 @@ pub fn bind(config: TrackerConfig) -> io::Result<TrackerServer> {
         state: TrackerState::new(config.limits),
         wake_at: None,
         stopper: reactor.stopper(),
+        last_heard: HashMap::new(),
     };
+    let first_sweep = reactor.ctx().now() + IDLE_TIMEOUT / 4;
+    reactor.ctx().set_timer(first_sweep, SWEEP);
     Ok(TrackerServer {
         reactor,
         handler,
@@ -76,6 +84,8 @@ struct TrackerHandler {
     state: TrackerState,
     wake_at: Option<Instant>,
     stopper: Stopper,
+    /// When each connection last sent anything.
+    last_heard: HashMap<ConnId, Instant>,
 }
 
 /// Encodes the state machine's replies straight into connection buffers.
@@ -107,8 +117,9 @@ impl TrackerHandler {
 }
 
 impl Handler for TrackerHandler {
-    fn on_accept(&mut self, _ctx: &mut Ctx, _listener: ListenerId, conn: ConnId, peer: SocketAddr) {
+    fn on_accept(&mut self, ctx: &mut Ctx, _listener: ListenerId, conn: ConnId, peer: SocketAddr) {
         self.state.connected(conn.0, peer.ip());
+        self.last_heard.insert(conn, ctx.now());
     }
 
     fn on_data(&mut self, ctx: &mut Ctx, conn: ConnId, input: &[u8]) -> usize {
@@ -116,6 +127,7 @@ impl Handler for TrackerHandler {
             max_payload: MAX_TRACKER_PAYLOAD,
         };
         let now = ctx.now();
+        self.last_heard.insert(conn, now);
         let mut used = 0;
         while used < input.len() {
             match wire::decode_frame(&input[used..], &limits) {
@@ -145,6 +157,7 @@ impl Handler for TrackerHandler {
     }
 
     fn on_close(&mut self, ctx: &mut Ctx, conn: ConnId, _reason: CloseReason) {
+        self.last_heard.remove(&conn);
         self.state.disconnected(ctx.now(), conn.0);
         self.schedule(ctx);
     }
@@ -154,6 +167,20 @@ impl Handler for TrackerHandler {
             self.wake_at = None;
             let now = ctx.now();
             self.state.handle_timeout(now, &mut CtxOutbox(ctx));
+        }
+        if key == SWEEP {
+            let now = ctx.now();
+            for (&conn, &heard) in &self.last_heard {
+                if now.saturating_duration_since(heard) > IDLE_TIMEOUT {
+                    log::info!(
+                        "{:?} silent for {} s: closing",
+                        ctx.peer_addr(conn),
+                        IDLE_TIMEOUT.as_secs()
+                    );
+                    ctx.abort(conn);
+                }
+            }
+            ctx.set_timer(now + IDLE_TIMEOUT / 4, SWEEP);
         }
         self.schedule(ctx);
     }
