@@ -3,6 +3,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
 use shoal::node::rate::{parse_rate, parse_size};
@@ -40,6 +41,9 @@ struct Args {
     /// Piece size for files this node publishes first (16K to 64M).
     #[arg(long, default_value = "1M", value_parser = parse_size)]
     piece_size: u64,
+    /// Seconds a download waits while missing pieces have no reachable owner before it fails.
+    #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
+    give_up_after: f64,
     /// Exit once every --download has finished (non-zero status if any failed).
     #[arg(long)]
     exit_when_done: bool,
@@ -63,7 +67,12 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if !(args.give_up_after.is_finite() && (0.0..=86400.0).contains(&args.give_up_after)) {
+        eprintln!("shoal-node: --give-up-after must be between 0 and 86400 seconds");
+        return ExitCode::from(2);
+    }
     let mut config = NodeConfig::new(&args.name);
+    config.download.no_source_timeout = Duration::from_secs_f64(args.give_up_after);
     config.listen = SocketAddr::new(args.listen_host, args.ports[0]);
     config.tracker = args.tracker;
     if let Some(dir) = args.dir {

@@ -182,6 +182,8 @@ pub struct Download<S> {
     next_tick: Instant,
     notices: VecDeque<Notice>,
     refetched_bytes: u64,
+    fetched_bytes: u64,
+    kept_bytes: u64,
 }
 
 /// How often rates are sampled and timeouts checked.
@@ -213,6 +215,8 @@ impl<S: PartStore> Download<S> {
             next_tick: now + TICK,
             notices: VecDeque::new(),
             refetched_bytes: 0,
+            fetched_bytes: 0,
+            kept_bytes: 0,
         }
     }
 
@@ -264,6 +268,16 @@ impl<S: PartStore> Download<S> {
     /// Bytes fetched more than once (bad data, lost owners, endgame copies).
     pub fn refetched_bytes(&self) -> u64 {
         self.refetched_bytes
+    }
+
+    /// Bytes of piece data received from owners, wasted ones included.
+    pub fn fetched_bytes(&self) -> u64 {
+        self.fetched_bytes
+    }
+
+    /// Bytes of pieces an earlier run left that passed their hash on resume.
+    pub fn kept_bytes(&self) -> u64 {
+        self.kept_bytes
     }
 
     /// The next notice for the driver.
@@ -638,6 +652,7 @@ impl<S: PartStore> Download<S> {
             match hash {
                 Ok(hash) if hash == self.hashes[piece as usize] => {
                     picker.complete(piece);
+                    self.kept_bytes += u64::from(len);
                     self.notices.push_back(Notice::PieceDone(piece));
                 }
                 Ok(_) => {
@@ -691,6 +706,7 @@ impl<S: PartStore> Download<S> {
             return;
         };
         let len = data.len() as u32;
+        self.fetched_bytes += u64::from(len);
         let Some(pos) = peer
             .requests
             .iter()

@@ -755,6 +755,7 @@ impl Node {
             return;
         };
         let hashes = transfer.dl.hashes_owned();
+        let (fetched, kept) = (transfer.dl.fetched_bytes(), transfer.dl.kept_bytes());
         let elapsed = now
             .saturating_duration_since(transfer.started)
             .as_secs_f64();
@@ -771,7 +772,7 @@ impl Node {
         }
         let rate = info.size as f64 / elapsed.max(1e-6) / f64::from(1 << 20);
         println!(
-            "downloaded {file} ({} bytes in {elapsed:.2} s, {rate:.1} MiB/s)",
+            "downloaded {file} ({} bytes in {elapsed:.2} s, {rate:.1} MiB/s; fetched {fetched} bytes, kept {kept} from an earlier run)",
             info.size
         );
         self.report.completed += 1;
