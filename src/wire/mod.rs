@@ -10,8 +10,9 @@
 //!   named maximum and against the payload's length before anything is allocated.
 //!   Incomplete input is not an error: it is [`Decoded::NeedMore`].
 //! * The header is judged as soon as its bytes arrive: a wrong magic, version or
-//!   type is refused on its first byte, an oversized length before the payload
-//!   is waited for.
+//!   type is refused as soon as its bytes are in (a stray connection on its second
+//!   byte), an oversized length before the payload is waited for. Errors depend
+//!   only on the bytes, never on how the stream was split.
 //! * [`encode`] refuses every message the decoder would refuse (same error), so
 //!   every frame it produces decodes back to an equal message with default
 //!   [`Limits`], and [`encoded_len`] is its exact length.
