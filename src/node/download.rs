@@ -92,6 +92,8 @@ pub struct DownloadConfig {
     pub min_stall_timeout: Duration,
     /// How long missing pieces may have no reachable owner before the download fails.
     pub no_source_timeout: Duration,
+    /// How long to wait for a first owner when the tracker knows none (it tells us when one appears).
+    pub owner_wait: Duration,
     /// First wait before reconnecting to an owner that dropped; doubles per attempt.
     pub reconnect_backoff: Duration,
     /// Most owners connected at once.
@@ -107,6 +109,7 @@ impl Default for DownloadConfig {
             first_byte_timeout: Duration::from_secs(10),
             min_stall_timeout: Duration::from_secs(3),
             no_source_timeout: Duration::from_secs(30),
+            owner_wait: Duration::from_secs(3),
             reconnect_backoff: Duration::from_secs(1),
             max_peers: 64,
             verify_step_bytes: 32 << 20,
@@ -349,6 +352,7 @@ impl<S: PartStore> Download<S> {
             }
             self.info = Some(info);
             self.phase = Phase::Hashes;
+            self.starving_since = None;
             if info.size == 0 {
                 self.hashes.clear();
                 self.phase = Phase::Store;
@@ -958,6 +962,18 @@ impl<S: PartStore> Download<S> {
             return;
         }
         self.next_tick = now + TICK;
+        if self.phase == Phase::Owners {
+            if self
+                .starving_since
+                .is_some_and(|t| now.saturating_duration_since(t) >= self.config.owner_wait)
+            {
+                self.fail(
+                    io,
+                    format!("no owner of {} is known to the tracker", self.name),
+                );
+            }
+            return;
+        }
         let mut stalled = Vec::new();
         for (&slot, peer) in self.peers.iter_mut() {
             peer.sample_rate(now);
