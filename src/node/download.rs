@@ -187,6 +187,8 @@ pub struct Download<S> {
     refetched_bytes: u64,
     fetched_bytes: u64,
     kept_bytes: u64,
+    /// Verified bytes each owner (by name) delivered.
+    sources: BTreeMap<String, u64>,
 }
 
 /// How often rates are sampled and timeouts checked.
@@ -220,6 +222,7 @@ impl<S: PartStore> Download<S> {
             refetched_bytes: 0,
             fetched_bytes: 0,
             kept_bytes: 0,
+            sources: BTreeMap::new(),
         }
     }
 
@@ -281,6 +284,11 @@ impl<S: PartStore> Download<S> {
     /// Bytes of pieces an earlier run left that passed their hash on resume.
     pub fn kept_bytes(&self) -> u64 {
         self.kept_bytes
+    }
+
+    /// Verified bytes each owner delivered, by owner name.
+    pub fn sources(&self) -> &BTreeMap<String, u64> {
+        &self.sources
     }
 
     /// The next notice for the driver.
@@ -798,7 +806,9 @@ impl<S: PartStore> Download<S> {
         picker.complete(piece);
         picker.release(piece);
         if let Some(peer) = self.peers.get_mut(&slot) {
-            peer.delivered += u64::from(layout_of(info).piece_len(piece));
+            let bytes = u64::from(layout_of(info).piece_len(piece));
+            peer.delivered += bytes;
+            *self.sources.entry(peer.name.clone()).or_default() += bytes;
         }
         // Endgame losers: withdraw their requests for this piece.
         for (&other, peer) in self.peers.iter_mut() {

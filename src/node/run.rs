@@ -756,6 +756,12 @@ impl Node {
         };
         let hashes = transfer.dl.hashes_owned();
         let (fetched, kept) = (transfer.dl.fetched_bytes(), transfer.dl.kept_bytes());
+        let sources: Vec<String> = transfer
+            .dl
+            .sources()
+            .iter()
+            .map(|(name, bytes)| format!("{name} {bytes}"))
+            .collect();
         let elapsed = now
             .saturating_duration_since(transfer.started)
             .as_secs_f64();
@@ -775,6 +781,7 @@ impl Node {
             "downloaded {file} ({} bytes in {elapsed:.2} s, {rate:.1} MiB/s; fetched {fetched} bytes, kept {kept} from an earlier run)",
             info.size
         );
+        log::info!("{file}: bytes by owner: {}", sources.join(", "));
         self.report.completed += 1;
         self.tell_tracker(ctx, &NodeToTracker::Unneed { name: file });
         match self.folder.open_shared(file) {
