@@ -1,0 +1,158 @@
+//! When owners fail: dropping, banning, stall timeouts, and giving up when nobody has what is missing.
+
+use super::*;
+
+impl<S: PartStore> Download<S> {
+    /// Drops `slot`; its pieces go back in the queue. `why` is logged when the owner misbehaved.
+    pub(super) fn lose_peer(
+        &mut self,
+        now: Instant,
+        slot: SlotId,
+        why: Option<&str>,
+        io: &mut dyn PeerIo,
+    ) {
+        let Some(peer) = self.peers.remove(&slot) else {
+            return;
+        };
+        io.disconnect(slot);
+        match why {
+            Some(why) => log::warn!(
+                "{}: dropping owner {} at {}: {why}",
+                self.name,
+                peer.name,
+                peer.addr
+            ),
+            None => log::info!(
+                "{}: owner {} at {} went away",
+                self.name,
+                peer.name,
+                peer.addr
+            ),
+        }
+        if let Some(picker) = self.picker.as_mut() {
+            for piece in peer.pieces_in_flight() {
+                picker.release(piece);
+            }
+            if peer.phase == PeerPhase::Ready {
+                picker.remove_owner(&peer.has);
+            }
+        }
+        self.refetched_bytes += peer
+            .partial_pieces
+            .iter()
+            .map(|&(_, got)| u64::from(got))
+            .sum::<u64>();
+        if let Some(c) = self.candidates.get_mut(&peer.addr) {
+            c.failures += 1;
+            let backoff =
+                self.config.reconnect_backoff * 2u32.saturating_pow(c.failures.min(5) - 1);
+            c.retry_at = Some(now + backoff);
+        }
+        if self.hash_source == Some(slot) {
+            self.hash_source = None;
+            self.request_hashes(now, io);
+        }
+        self.connect_more(now, io);
+        self.fill(now, io);
+    }
+
+    /// Drops `slot` for sending bad data and never uses that owner again in this download.
+    pub(super) fn ban(&mut self, now: Instant, slot: SlotId, why: &str, io: &mut dyn PeerIo) {
+        if let Some(peer) = self.peers.get(&slot) {
+            self.banned.insert(peer.addr);
+            self.candidates.remove(&peer.addr);
+        }
+        self.lose_peer(now, slot, Some(why), io);
+    }
+
+    pub(super) fn fail(&mut self, io: &mut dyn PeerIo, reason: String) {
+        if self.is_over() {
+            return;
+        }
+        self.phase = Phase::Failed;
+        for (&slot, _) in std::mem::take(&mut self.peers).iter() {
+            io.disconnect(slot);
+        }
+        self.notices.push_back(Notice::Failed(reason));
+    }
+
+    /// Time passed: resume verification, sample rates, drop stalled owners, retry, give up if starved.
+    pub fn handle_timeout(&mut self, now: Instant, io: &mut dyn PeerIo) {
+        if self.is_over() {
+            return;
+        }
+        if self.phase == Phase::Verify && self.verify_due.is_some_and(|t| t <= now) {
+            self.verify_step(now, io);
+        }
+        if now < self.next_tick {
+            return;
+        }
+        self.next_tick = now + TICK;
+        if self.phase == Phase::Owners {
+            if self
+                .starving_since
+                .is_some_and(|t| now.saturating_duration_since(t) >= self.config.owner_wait)
+            {
+                self.fail(
+                    io,
+                    format!("no owner of {} is known to the tracker", self.name),
+                );
+            }
+            return;
+        }
+        let mut stalled = Vec::new();
+        for (&slot, peer) in self.peers.iter_mut() {
+            peer.sample_rate(now);
+            let quiet = now.saturating_duration_since(peer.last_progress);
+            let limit = match peer.phase {
+                PeerPhase::Connecting | PeerPhase::Asked => Some(self.config.connect_timeout),
+                PeerPhase::Ready if !peer.requests.is_empty() => Some(peer.stall_timeout(
+                    self.config.min_stall_timeout,
+                    self.config.first_byte_timeout,
+                )),
+                PeerPhase::Ready if self.hash_source == Some(slot) => {
+                    Some(self.config.first_byte_timeout)
+                }
+                PeerPhase::Ready => None,
+            };
+            if limit.is_some_and(|limit| quiet > limit) {
+                stalled.push((slot, quiet));
+            }
+        }
+        for (slot, quiet) in stalled {
+            let why = format!("no answer for {:.1} s", quiet.as_secs_f64());
+            self.lose_peer(now, slot, Some(&why), io);
+        }
+        self.connect_more(now, io);
+        self.check_sources(now, io);
+        self.fill(now, io);
+    }
+
+    /// Fails the download when missing pieces have had no reachable owner for `no_source_timeout`.
+    pub(super) fn check_sources(&mut self, now: Instant, io: &mut dyn PeerIo) {
+        let trying = self.peers.values().any(|p| p.phase != PeerPhase::Ready);
+        let missing_sources = match self.phase {
+            Phase::Hashes => !self.peers.values().any(|p| p.phase == PeerPhase::Ready),
+            Phase::Pieces => self.picker.as_ref().is_some_and(|p| p.unavailable() > 0),
+            _ => false,
+        };
+        if !missing_sources || trying {
+            self.starving_since = None;
+            return;
+        }
+        let since = *self.starving_since.get_or_insert(now);
+        if now.saturating_duration_since(since) < self.config.no_source_timeout {
+            return;
+        }
+        let reason = match &self.picker {
+            Some(picker) => format!(
+                "{}: {} of {} pieces missing and no reachable owner has them; verified pieces are kept for a resume",
+                self.name,
+                picker.unavailable(),
+                picker.have().len()
+            ),
+            None => format!("{}: no reachable owner answered", self.name),
+        };
+        self.fail(io, reason);
+    }
+}

@@ -1,0 +1,244 @@
+//! Fetching pieces: keeping pipelines full, checking what arrives, resuming what an earlier run left.
+
+use super::*;
+
+impl<S: PartStore> Download<S> {
+    /// Re-verifies up to `verify_step_bytes` of claimed pieces; moves on to fetching when done.
+    pub(super) fn verify_step(&mut self, now: Instant, io: &mut dyn PeerIo) {
+        let (Some(info), Some(store), Some(picker)) =
+            (self.info, self.store.as_mut(), self.picker.as_mut())
+        else {
+            return;
+        };
+        let layout = layout_of(info);
+        let pieces = layout.piece_count();
+        let mut budget = self.config.verify_step_bytes;
+        while self.verify_next < pieces && budget > 0 {
+            let piece = self.verify_next;
+            self.verify_next += 1;
+            if !self.claimed.get(piece as usize).copied().unwrap_or(false) {
+                continue;
+            }
+            let len = layout.piece_len(piece);
+            budget = budget.saturating_sub(u64::from(len));
+            let hash = storage::hash_stored_piece(
+                &*store,
+                layout.piece_offset(piece),
+                len,
+                &mut self.scratch,
+            );
+            match hash {
+                Ok(hash) if hash == self.hashes[piece as usize] => {
+                    picker.complete(piece);
+                    self.kept_bytes += u64::from(len);
+                    self.notices.push_back(Notice::PieceDone(piece));
+                }
+                Ok(_) => {
+                    log::info!("{}: piece {piece} left by an earlier run fails its hash; fetching it again", self.name);
+                    if let Err(e) = store.mark_bad(piece) {
+                        self.fail(io, format!("cannot record the state of {}: {e}", self.name));
+                        return;
+                    }
+                }
+                Err(e) => {
+                    self.fail(io, format!("cannot read back {}: {e}", self.name));
+                    return;
+                }
+            }
+        }
+        self.scratch = Vec::new();
+        if self.verify_next < pieces {
+            self.verify_due = Some(now);
+            return;
+        }
+        self.verify_due = None;
+        self.claimed = Vec::new();
+        let kept = picker.have().count();
+        if kept > 0 {
+            log::info!(
+                "{}: resuming with {kept} of {pieces} pieces already verified",
+                self.name
+            );
+        }
+        self.phase = Phase::Pieces;
+        if picker.is_complete() {
+            self.complete(io);
+        } else {
+            self.fill(now, io);
+        }
+    }
+
+    /// Bytes of a piece arrived from `slot`.
+    pub(super) fn on_block(
+        &mut self,
+        now: Instant,
+        slot: SlotId,
+        piece: u32,
+        offset: u32,
+        data: &[u8],
+        io: &mut dyn PeerIo,
+    ) {
+        let Some(info) = self.info else { return };
+        let layout = layout_of(info);
+        let Some(peer) = self.peers.get_mut(&slot) else {
+            return;
+        };
+        let len = data.len() as u32;
+        self.fetched_bytes += u64::from(len);
+        let Some(pos) = peer
+            .requests
+            .iter()
+            .position(|r| r.piece == piece && r.offset == offset && r.len == len)
+        else {
+            // Cancelled or never asked: a late answer after a cancel is normal in the endgame.
+            self.refetched_bytes += u64::from(len);
+            return;
+        };
+        peer.requests.remove(pos);
+        peer.outstanding_bytes -= u64::from(len);
+        peer.received(now, u64::from(len));
+        let (Some(picker), Some(store)) = (self.picker.as_mut(), self.store.as_mut()) else {
+            return;
+        };
+        if picker.have().get(piece) {
+            self.refetched_bytes += u64::from(len);
+            self.fill(now, io);
+            return;
+        }
+        let piece_len = layout.piece_len(piece);
+        let at = layout.piece_offset(piece) + u64::from(offset);
+        if offset == 0 && len == piece_len {
+            // The whole piece is in hand: check it before it touches the disk.
+            if storage::hash_piece(data) != self.hashes[piece as usize] {
+                let why = format!("sent piece {piece} failing its hash");
+                self.ban(now, slot, &why, io);
+                return;
+            }
+            if let Err(e) = store.write_at(at, data) {
+                self.fail(io, format!("cannot write {}: {e}", self.name));
+                return;
+            }
+        } else {
+            if let Err(e) = store.write_at(at, data) {
+                self.fail(io, format!("cannot write {}: {e}", self.name));
+                return;
+            }
+            let received = match peer.partial_pieces.iter_mut().find(|(p, _)| *p == piece) {
+                Some((_, got)) => {
+                    *got += len;
+                    *got
+                }
+                None => {
+                    peer.partial_pieces.push((piece, len));
+                    len
+                }
+            };
+            if received < piece_len {
+                self.fill(now, io);
+                return;
+            }
+            peer.partial_pieces.retain(|&(p, _)| p != piece);
+            match storage::hash_stored_piece(
+                &*store,
+                layout.piece_offset(piece),
+                piece_len,
+                &mut self.scratch,
+            ) {
+                Ok(hash) if hash == self.hashes[piece as usize] => {}
+                Ok(_) => {
+                    let why = format!("sent piece {piece} failing its hash");
+                    self.ban(now, slot, &why, io);
+                    return;
+                }
+                Err(e) => {
+                    self.fail(io, format!("cannot read back {}: {e}", self.name));
+                    return;
+                }
+            }
+        }
+        self.piece_verified(now, slot, piece, io);
+    }
+
+    pub(super) fn piece_verified(
+        &mut self,
+        now: Instant,
+        slot: SlotId,
+        piece: u32,
+        io: &mut dyn PeerIo,
+    ) {
+        let (Some(info), Some(picker), Some(store)) =
+            (self.info, self.picker.as_mut(), self.store.as_mut())
+        else {
+            return;
+        };
+        if let Err(e) = store.mark_done(piece) {
+            self.fail(io, format!("cannot record progress of {}: {e}", self.name));
+            return;
+        }
+        picker.complete(piece);
+        picker.release(piece);
+        if let Some(peer) = self.peers.get_mut(&slot) {
+            let bytes = u64::from(layout_of(info).piece_len(piece));
+            peer.delivered += bytes;
+            *self.sources.entry(peer.name.clone()).or_default() += bytes;
+        }
+        // Endgame losers: withdraw their requests for this piece.
+        for (&other, peer) in self.peers.iter_mut() {
+            if other == slot || !peer.is_fetching(piece) {
+                continue;
+            }
+            for r in peer.requests.iter().filter(|r| r.piece == piece) {
+                io.send(other, &Message::Cancel(request_of(info.root, r)));
+            }
+            peer.forget_piece(piece);
+            picker.release(piece);
+        }
+        self.notices.push_back(Notice::PieceDone(piece));
+        if picker.is_complete() {
+            self.complete(io);
+        } else {
+            self.fill(now, io);
+        }
+    }
+
+    pub(super) fn complete(&mut self, io: &mut dyn PeerIo) {
+        self.phase = Phase::Finishing;
+        for (&slot, _) in std::mem::take(&mut self.peers).iter() {
+            io.disconnect(slot);
+        }
+        self.notices.push_back(Notice::Complete);
+    }
+
+    /// Keeps every ready owner's pipeline full: rarest pieces first, endgame copies at the end.
+    pub(super) fn fill(&mut self, _now: Instant, io: &mut dyn PeerIo) {
+        if self.phase != Phase::Pieces {
+            return;
+        }
+        let (Some(info), Some(picker)) = (self.info, self.picker.as_mut()) else {
+            return;
+        };
+        let layout = layout_of(info);
+        for (&slot, peer) in self.peers.iter_mut() {
+            if peer.phase != PeerPhase::Ready {
+                continue;
+            }
+            while peer.outstanding_bytes < peer.window() {
+                let multi_block = |p: u32| layout.piece_len(p) > MAX_BLOCK_LEN;
+                let piece = match picker.pick(&peer.has) {
+                    Some(piece) => piece,
+                    None => match picker
+                        .pick_duplicate(&peer.has, |p| multi_block(p) || peer.is_fetching(p))
+                    {
+                        Some(piece) => piece,
+                        None => break,
+                    },
+                };
+                for block in blocks_of(layout, piece) {
+                    io.send(slot, &Message::Request(request_of(info.root, &block)));
+                    peer.outstanding_bytes += u64::from(block.len);
+                    peer.requests.push_back(block);
+                }
+            }
+        }
+    }
+}

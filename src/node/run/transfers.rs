@@ -1,0 +1,287 @@
+//! Downloads: each state machine joined to its owner connections, the folder and the tracker.
+
+use super::*;
+
+/// The download's connection actions, applied straight to the reactor.
+pub(super) struct DlIo<'a> {
+    pub(super) ctx: &'a mut Ctx,
+    pub(super) conns: &'a mut HashMap<ConnId, Role>,
+    pub(super) slots: &'a mut HashMap<SlotId, ConnId>,
+    pub(super) file: Rc<str>,
+    pub(super) failed: Vec<SlotId>,
+}
+
+impl PeerIo for DlIo<'_> {
+    fn connect(&mut self, slot: SlotId, addr: SocketAddr) {
+        match self.ctx.connect(addr) {
+            Ok(conn) => {
+                self.slots.insert(slot, conn);
+                self.conns.insert(
+                    conn,
+                    Role::Peer {
+                        file: self.file.clone(),
+                        slot,
+                    },
+                );
+            }
+            Err(e) => {
+                log::info!("{}: cannot connect to {addr}: {e}", self.file);
+                self.failed.push(slot);
+            }
+        }
+    }
+
+    fn send(&mut self, slot: SlotId, msg: &Message<'_>) {
+        let Some(&conn) = self.slots.get(&slot) else {
+            return;
+        };
+        if let Some(out) = self.ctx.out_buf(conn) {
+            if let Err(e) = wire::encode(msg, out) {
+                log::error!("{}: cannot encode a request: {e}", self.file);
+            }
+        }
+    }
+
+    fn disconnect(&mut self, slot: SlotId) {
+        if let Some(conn) = self.slots.remove(&slot) {
+            self.conns.remove(&conn);
+            self.ctx.close(conn);
+        }
+    }
+}
+
+impl Node {
+    /// Starts a download; false (with the reason logged) if it cannot start.
+    pub(super) fn download(&mut self, ctx: &mut Ctx, name: &str) -> bool {
+        if let Err(e) = storage::check_name(name) {
+            log::error!("download {name}: name refused: {e}");
+            return false;
+        }
+        if self.downloads.get(name).is_some_and(|t| !t.dl.is_over()) {
+            log::warn!("download {name}: already downloading");
+            return false;
+        }
+        if self.folder.final_exists(name) {
+            log::error!(
+                "download {name}: {} already exists; remove it first",
+                self.folder.dir().join(name).display()
+            );
+            return false;
+        }
+        let now = ctx.now();
+        let transfer = Transfer {
+            key: Rc::from(name),
+            dl: Download::new(name, &self.config.name, self.config.download.clone(), now),
+            slots: HashMap::new(),
+            started: now,
+            announced: false,
+            view: ProgressView::new(name, self.config.progress, now),
+            next_draw: now,
+        };
+        self.downloads.insert(name.to_owned(), transfer);
+        if self.tracker.up {
+            self.tell_tracker(ctx, &NodeToTracker::Need { name });
+        } else if self.tracker.retry_at.is_some() {
+            log::warn!(
+                "download {name}: waiting for the tracker at {}",
+                self.config.tracker
+            );
+        }
+        true
+    }
+
+    /// Runs `f` on the download of `file` with its connection actions, then applies its notices.
+    pub(super) fn with_download(
+        &mut self,
+        ctx: &mut Ctx,
+        file: &str,
+        f: impl FnOnce(&mut Download<PartialFile>, &mut dyn PeerIo),
+    ) {
+        let now = ctx.now();
+        let Some(transfer) = self.downloads.get_mut(file) else {
+            return;
+        };
+        let mut io = DlIo {
+            ctx: &mut *ctx,
+            conns: &mut self.conns,
+            slots: &mut transfer.slots,
+            file: transfer.key.clone(),
+            failed: Vec::new(),
+        };
+        f(&mut transfer.dl, &mut io);
+        // Connects that failed at once are reported like any other closed connection.
+        let mut rounds = 0;
+        while !io.failed.is_empty() && rounds < 1000 {
+            rounds += 1;
+            for slot in std::mem::take(&mut io.failed) {
+                transfer.dl.on_closed(now, slot, &mut io);
+            }
+        }
+        self.after_download(ctx, file);
+    }
+
+    pub(super) fn after_download(&mut self, ctx: &mut Ctx, file: &str) {
+        loop {
+            let Some(transfer) = self.downloads.get_mut(file) else {
+                return;
+            };
+            let Some(notice) = transfer.dl.poll_notice() else {
+                break;
+            };
+            match notice {
+                Notice::NeedStore { info } => self.attach_store(ctx, file, info),
+                Notice::PieceDone(piece) => self.piece_done(ctx, file, piece),
+                Notice::Complete => self.complete(ctx, file),
+                Notice::Failed(reason) => self.failed(ctx, file, &reason),
+            }
+        }
+    }
+
+    pub(super) fn attach_store(&mut self, ctx: &mut Ctx, file: &str, info: FileInfo) {
+        let layout = Layout {
+            size: info.size,
+            piece_size: info.piece_size,
+        };
+        let opened = self.folder.begin_download(file, layout, &info.root);
+        let now = ctx.now();
+        self.with_download(ctx, file, |dl, io| match opened {
+            Ok(partial) => {
+                let claimed = partial.claimed_done();
+                dl.attach_store(now, partial, &claimed, io);
+            }
+            Err(e) => dl.abort(format!("cannot create its temporary file: {e}"), io),
+        });
+    }
+
+    pub(super) fn piece_done(&mut self, ctx: &mut Ctx, file: &str, piece: u32) {
+        let Some(transfer) = self.downloads.get_mut(file) else {
+            return;
+        };
+        let Some(info) = transfer.dl.info() else {
+            return;
+        };
+        let first = !transfer.announced;
+        transfer.announced = true;
+        let have = Message::HavePiece {
+            root: info.root,
+            piece,
+        };
+        for (&conn, role) in &self.conns {
+            if let Role::Serve(serve, _) = role {
+                if serve.watches(&info.root) {
+                    if let Some(out) = ctx.out_buf(conn) {
+                        let _ = wire::encode(&have, out);
+                    }
+                }
+            }
+        }
+        if first {
+            // From its first verified piece on, a downloader is a partial owner others can use.
+            self.tell_tracker(
+                ctx,
+                &NodeToTracker::Have {
+                    name: file,
+                    info,
+                    complete: false,
+                },
+            );
+        }
+    }
+
+    pub(super) fn complete(&mut self, ctx: &mut Ctx, file: &str) {
+        let now = ctx.now();
+        let Some(transfer) = self.downloads.get_mut(file) else {
+            return;
+        };
+        let (Some(info), Some(partial)) = (transfer.dl.info(), transfer.dl.take_store()) else {
+            return;
+        };
+        let hashes = transfer.dl.hashes_owned();
+        let (fetched, kept) = (transfer.dl.fetched_bytes(), transfer.dl.kept_bytes());
+        let sources: Vec<String> = transfer
+            .dl
+            .sources()
+            .iter()
+            .map(|(name, bytes)| format!("{name} {bytes}"))
+            .collect();
+        let elapsed = now
+            .saturating_duration_since(transfer.started)
+            .as_secs_f64();
+        let moved = partial.finish();
+        if moved.is_ok() {
+            transfer.dl.finished();
+            transfer.view.update(now, &transfer.dl.progress());
+            transfer.view.finish(true);
+        }
+        if let Err(e) = moved {
+            let reason = format!("cannot move it into place: {e}");
+            self.with_download(ctx, file, |dl, io| dl.abort(reason, io));
+            return;
+        }
+        let rate = info.size as f64 / elapsed.max(1e-6) / f64::from(1 << 20);
+        println!(
+            "downloaded {file} ({} bytes in {elapsed:.2} s, {rate:.1} MiB/s; fetched {fetched} bytes, kept {kept} from an earlier run)",
+            info.size
+        );
+        log::info!("{file}: bytes by owner: {}", sources.join(", "));
+        self.report.completed += 1;
+        self.tell_tracker(ctx, &NodeToTracker::Unneed { name: file });
+        match self.folder.open_shared(file) {
+            Ok(store) => {
+                let have = Bitfield::full(hashes.len() as u32);
+                self.tell_tracker(
+                    ctx,
+                    &NodeToTracker::Have {
+                        name: file,
+                        info,
+                        complete: true,
+                    },
+                );
+                let name = file.to_owned();
+                self.shared.insert(
+                    info.root,
+                    Shared {
+                        name,
+                        info,
+                        hashes,
+                        have,
+                        store,
+                    },
+                );
+            }
+            Err(e) => log::warn!("{file}: downloaded but cannot be shared: {e}"),
+        }
+        self.awaited.remove(file);
+        self.check_done(ctx);
+    }
+
+    pub(super) fn failed(&mut self, ctx: &mut Ctx, file: &str, reason: &str) {
+        eprintln!("download {file} failed: {reason}");
+        let Some(transfer) = self.downloads.get_mut(file) else {
+            return;
+        };
+        transfer.view.finish(false);
+        let announced = transfer.announced;
+        let info = transfer.dl.info();
+        drop(transfer.dl.take_store());
+        self.tell_tracker(ctx, &NodeToTracker::Unneed { name: file });
+        if let (true, Some(info)) = (announced, info) {
+            self.tell_tracker(
+                ctx,
+                &NodeToTracker::Drop {
+                    name: file,
+                    root: info.root,
+                },
+            );
+        }
+        self.report.failed += 1;
+        self.awaited.remove(file);
+        self.check_done(ctx);
+    }
+
+    pub(super) fn check_done(&mut self, ctx: &mut Ctx) {
+        if self.config.exit_when_done && self.awaited.is_empty() && !self.stopping {
+            self.shutdown(ctx);
+        }
+    }
+}
