@@ -219,7 +219,6 @@ fn end_of_input_keeps_serving_and_sigterm_leaves_cleanly() {
 /// start with a clear line and a non-zero status, instead of a node that
 /// looks alive but can never register with the tracker.
 #[test]
-#[ignore = "bug: shoal-node accepts -n a/b and -n \"\", then reconnects to the tracker forever"]
 fn unusable_node_name_is_refused_at_start() {
     let tracker = Tracker::start();
     for name in ["a/b", ""] {

@@ -61,6 +61,10 @@ pub struct RunReport {
 
 /// Opens the folder, binds the peer port and starts the tracker connection; `run` drives it.
 pub fn bind(config: NodeConfig) -> io::Result<NodeServer> {
+    if let Err(e) = wire::check_name(&config.name) {
+        let why = format!("node name {:?} refused: {e}", config.name);
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, why));
+    }
     let folder = Folder::open(&config.dir).map_err(io::Error::other)?;
     let mut reactor = Reactor::new(Default::default())?;
     let (_, addr) = reactor.listen(config.listen)?;
