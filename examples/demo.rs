@@ -1,0 +1,355 @@
+//! The README's "run it": a tracker, N owners and a downloader on loopback, one generated file.
+//!
+//! ```text
+//! cargo run --release --example demo [-- --size 256M --owners 4 --piece-size 1M]
+//! cargo build --release && cargo run --release --example demo -- --size 1G --spawn-downloader
+//! ```
+//!
+//! Everything runs in this process (one thread per reactor) unless
+//! `--spawn-downloader` is given: then the downloader is the `shoal-node`
+//! binary, run under `/usr/bin/time -v` when available so its peak memory is
+//! printed. The demo prints the throughput, the time and whether the
+//! downloaded bytes equal the original, and exits non-zero if they do not.
+
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use shoal::node::rate::parse_size;
+use shoal::node::{self, NodeConfig};
+use shoal::reactor::Stopper;
+use shoal::tracker::{self, TrackerConfig};
+use shoal::wire::{self, Decoder, Limits, Message, NodeToTracker};
+
+/// Name of the generated file.
+const FILE: &str = "demo.bin";
+/// Chunk size for generating and comparing files.
+const CHUNK: usize = 1 << 20;
+
+/// Share a generated file from N owners and download it, all on loopback.
+#[derive(Parser, Debug)]
+struct Args {
+    /// File size (K/M/G = KiB/MiB/GiB).
+    #[arg(long, default_value = "256M", value_parser = parse_size)]
+    size: u64,
+    /// Number of owners sharing the file.
+    #[arg(long, default_value_t = 4)]
+    owners: usize,
+    /// Piece size the owners publish the file with (16K to 64M).
+    #[arg(long, default_value = "1M", value_parser = parse_size)]
+    piece_size: u64,
+    /// Run the downloader as a separate `shoal-node` process (under `/usr/bin/time -v` if present).
+    #[arg(long)]
+    spawn_downloader: bool,
+}
+
+/// A reactor running on its own thread.
+struct Running {
+    stopper: Stopper,
+    thread: JoinHandle<()>,
+}
+
+impl Running {
+    /// Stops the reactor and waits for its thread.
+    fn stop(self) {
+        self.stopper.stop();
+        let _ = self.thread.join();
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    shoal::logging::init(0, false);
+    match demo(&args) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("demo: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs the whole demo; `Ok(false)` when the download failed or differs.
+fn demo(args: &Args) -> io::Result<bool> {
+    let piece_size = u32::try_from(args.piece_size)
+        .ok()
+        .filter(|p| (wire::MIN_PIECE_SIZE..=wire::MAX_PIECE_SIZE).contains(p))
+        .ok_or_else(|| io::Error::other("--piece-size must be between 16K and 64M"))?;
+    let owners = args.owners.max(1);
+    let root = tempfile::Builder::new().prefix("shoal-demo-").tempdir()?;
+    let original = root.path().join("owner-0").join(FILE);
+    fs::create_dir_all(original.parent().unwrap())?;
+    println!("generating {} ({} bytes)", FILE, args.size);
+    generate(&original, args.size)?;
+
+    let tracker = tracker::bind(TrackerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        limits: Default::default(),
+    })?;
+    let tracker_addr = tracker.local_addr();
+    let tracker = Running {
+        stopper: tracker.stopper(),
+        thread: thread::spawn(move || {
+            if let Err(e) = tracker.run() {
+                eprintln!("tracker: {e}");
+            }
+        }),
+    };
+    println!("tracker on {tracker_addr}");
+
+    let mut nodes = Vec::new();
+    for i in 0..owners {
+        let dir = root.path().join(format!("owner-{i}"));
+        if i > 0 {
+            fs::create_dir_all(&dir)?;
+            fs::hard_link(&original, dir.join(FILE))?;
+        }
+        nodes.push(start_owner(i, &dir, tracker_addr, piece_size)?);
+    }
+    wait_for_owners(tracker_addr, FILE, owners)?;
+    println!("{owners} owners publish {FILE}; downloading");
+
+    let dl_dir = root.path().join("downloader");
+    fs::create_dir_all(&dl_dir)?;
+    let started = Instant::now();
+    let ok = if args.spawn_downloader {
+        spawn_downloader(tracker_addr, &dl_dir)?
+    } else {
+        download_in_process(tracker_addr, &dl_dir)?
+    };
+    let secs = started.elapsed().as_secs_f64();
+
+    let identical = ok && same_bytes(&original, &dl_dir.join(FILE))?;
+    if ok {
+        println!(
+            "{} bytes in {secs:.2} s: {:.1} MiB/s from {owners} owners, pieces of {} KiB",
+            args.size,
+            args.size as f64 / (1 << 20) as f64 / secs,
+            args.piece_size >> 10
+        );
+    }
+    println!("bytes identical: {}", if identical { "yes" } else { "NO" });
+    for node in nodes {
+        node.stop();
+    }
+    tracker.stop();
+    root.close()?;
+    Ok(identical)
+}
+
+/// Writes `size` pseudo-random bytes (xorshift64) to `path` in 1 MiB chunks.
+fn generate(path: &Path, size: u64) -> io::Result<()> {
+    let mut out = File::create(path)?;
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut buf = vec![0u8; CHUNK];
+    let mut left = size;
+    while left > 0 {
+        for word in buf.chunks_exact_mut(8) {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            word.copy_from_slice(&state.to_le_bytes());
+        }
+        let n = left.min(CHUNK as u64) as usize;
+        out.write_all(&buf[..n])?;
+        left -= n as u64;
+    }
+    out.sync_all()
+}
+
+/// Binds owner `i` sharing the file from `dir` and runs it on a thread.
+fn start_owner(i: usize, dir: &Path, tracker: SocketAddr, piece_size: u32) -> io::Result<Running> {
+    let mut config = NodeConfig::new(&format!("owner-{i}"));
+    config.tracker = tracker;
+    config.dir = dir.to_owned();
+    config.uploads = vec![FILE.to_owned()];
+    config.piece_size = piece_size;
+    spawn_node(config)
+}
+
+/// Binds a node on a thread of its own (a `NodeServer` cannot move between threads) and runs it there.
+fn spawn_node(config: NodeConfig) -> io::Result<Running> {
+    let name = config.name.clone();
+    let (tx, rx) = mpsc::channel();
+    let thread = thread::spawn(move || match node::bind(config) {
+        Ok(server) => {
+            let _ = tx.send(Ok(server.stopper()));
+            if let Err(e) = server.run() {
+                eprintln!("{name}: {e}");
+            }
+        }
+        Err(e) => {
+            let _ = tx.send(Err(e));
+        }
+    });
+    let stopper = rx
+        .recv()
+        .map_err(|_| io::Error::other("the node thread died before binding"))??;
+    Ok(Running { stopper, thread })
+}
+
+/// Polls the tracker until it lists at least `want` owners of `file` (60 s at most).
+fn wait_for_owners(tracker: SocketAddr, file: &str, want: usize) -> io::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let known = owners_known(tracker, file)?;
+        if known >= want {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(io::Error::other(format!(
+                "only {known} of {want} owners published {file} within 60 s"
+            )));
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Asks the tracker, as a throw-away node, how many owners of `file` it knows.
+fn owners_known(tracker: SocketAddr, file: &str) -> io::Result<usize> {
+    static PROBES: AtomicUsize = AtomicUsize::new(0);
+    let probe = format!("probe-{}", PROBES.fetch_add(1, Ordering::Relaxed));
+    let mut stream = TcpStream::connect(tracker)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut out = Vec::new();
+    for msg in [
+        NodeToTracker::Hello {
+            node_name: &probe,
+            listen_port: 9,
+        },
+        NodeToTracker::Need { name: file },
+    ] {
+        wire::encode(&Message::NodeToTracker(msg), &mut out).map_err(io::Error::other)?;
+    }
+    stream.write_all(&out)?;
+    let mut decoder = Decoder::new(Limits::default());
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let n = stream.read(&mut buf)?;
+        if n == 0 {
+            return Err(io::Error::other("the tracker closed the probe connection"));
+        }
+        let mut fed = 0;
+        while fed < n {
+            fed += decoder.feed(&buf[fed..n]);
+            while let Some(msg) = decoder.next_frame().map_err(io::Error::other)? {
+                match msg {
+                    Message::TrackerToNode(list) => return Ok(list.owners.len()),
+                    Message::Error { reason, .. } => {
+                        return Err(io::Error::other(format!("the tracker refused: {reason}")))
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+/// Downloads the file with an in-process node showing progress; true if it completed.
+fn download_in_process(tracker: SocketAddr, dir: &Path) -> io::Result<bool> {
+    let mut config = NodeConfig::new("downloader");
+    config.tracker = tracker;
+    config.dir = dir.to_owned();
+    config.downloads = vec![FILE.to_owned()];
+    config.exit_when_done = true;
+    config.progress = true;
+    let report = node::bind(config)?.run()?;
+    Ok(report.completed == 1 && report.failed == 0)
+}
+
+/// Downloads the file with the `shoal-node` binary, under `/usr/bin/time -v` if present.
+fn spawn_downloader(tracker: SocketAddr, dir: &Path) -> io::Result<bool> {
+    let binary = node_binary()?;
+    let timed = Path::new("/usr/bin/time").exists();
+    let mut cmd = if timed {
+        let mut c = Command::new("/usr/bin/time");
+        c.arg("-v").arg(&binary);
+        c
+    } else {
+        println!("/usr/bin/time not found (apt-get install time): no peak memory figure");
+        Command::new(&binary)
+    };
+    cmd.args(["-n", "downloader", "-p", "0", "--tracker"])
+        .arg(tracker.to_string())
+        .arg("--dir")
+        .arg(dir)
+        .args(["--download", FILE, "--exit-when-done", "-q"]);
+    let output = cmd.output()?;
+    io::stdout().write_all(&output.stdout)?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let rss = stderr
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Maximum resident set size (kbytes):"));
+    match rss.map(|kb| kb.trim().parse::<f64>()) {
+        Some(Ok(kb)) => println!(
+            "downloader process peak RSS: {:.1} MiB ({kb} kB)",
+            kb / 1024.0
+        ),
+        _ => {
+            for line in stderr.lines().filter(|l| !l.starts_with('\t')) {
+                eprintln!("shoal-node: {line}");
+            }
+        }
+    }
+    Ok(output.status.success())
+}
+
+/// The `shoal-node` binary beside this example's build (`target/PROFILE/shoal-node`).
+fn node_binary() -> io::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .ok_or_else(|| io::Error::other("cannot locate the target directory"))?;
+    let binary = profile_dir.join(format!("shoal-node{}", std::env::consts::EXE_SUFFIX));
+    if binary.exists() {
+        Ok(binary)
+    } else {
+        Err(io::Error::other(format!(
+            "{} not found: run `cargo build --release` first",
+            binary.display()
+        )))
+    }
+}
+
+/// Whether two files hold the same bytes, compared 1 MiB at a time.
+fn same_bytes(a: &Path, b: &Path) -> io::Result<bool> {
+    let (mut fa, mut fb) = match (File::open(a), File::open(b)) {
+        (Ok(fa), Ok(fb)) => (fa, fb),
+        (Err(e), _) => return Err(e),
+        (_, Err(_)) => return Ok(false),
+    };
+    if fa.metadata()?.len() != fb.metadata()?.len() {
+        return Ok(false);
+    }
+    let (mut ba, mut bb) = (vec![0u8; CHUNK], vec![0u8; CHUNK]);
+    loop {
+        let n = read_full(&mut fa, &mut ba)?;
+        if n != read_full(&mut fb, &mut bb)? || ba[..n] != bb[..n] {
+            return Ok(false);
+        }
+        if n == 0 {
+            return Ok(true);
+        }
+    }
+}
+
+/// Reads until `buf` is full or the file ends; returns the bytes read.
+fn read_full(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match file.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
+}
