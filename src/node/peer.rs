@@ -56,11 +56,14 @@ pub struct Peer {
     sampled_at: Instant,
     /// Total bytes of verified data it delivered.
     pub delivered: u64,
+    /// Slow-start allowance: starts small, grows by every byte delivered (doubling per round trip).
+    ramp: u64,
 }
 
-/// Fewest bytes kept requested from one owner: small, so an owner not yet measured
-/// cannot take a large share of the file before its speed is known.
+/// Fewest bytes kept requested from a measured owner.
 pub const MIN_WINDOW: u64 = 1 << 20;
+/// Bytes requested from a new owner before it has delivered anything (at least one piece is).
+pub const INITIAL_WINDOW: u64 = 256 << 10;
 /// Most bytes kept requested from one owner.
 pub const MAX_WINDOW: u64 = 32 << 20;
 /// How much of an owner's measured rate the window covers: enough to keep its pipe full.
@@ -82,18 +85,27 @@ impl Peer {
             bytes_since_sample: 0,
             sampled_at: now,
             delivered: 0,
+            ramp: INITIAL_WINDOW,
         }
     }
 
-    /// Bytes this owner should have outstanding: its rate over [`WINDOW_TIME`], within bounds.
+    /// Bytes this owner should have outstanding: its rate over [`WINDOW_TIME`] within bounds,
+    /// and no more than its slow-start allowance, so a new owner cannot take a large share of
+    /// the file before it has shown its speed.
     pub fn window(&self) -> u64 {
-        ((self.rate * WINDOW_TIME) as u64).clamp(MIN_WINDOW, MAX_WINDOW)
+        let by_rate = if self.rate > 0.0 {
+            ((self.rate * WINDOW_TIME) as u64).clamp(MIN_WINDOW, MAX_WINDOW)
+        } else {
+            MAX_WINDOW
+        };
+        by_rate.min(self.ramp)
     }
 
     /// Records `bytes` received now.
     pub fn received(&mut self, now: Instant, bytes: u64) {
         self.bytes_since_sample += bytes;
         self.last_progress = now;
+        self.ramp = (self.ramp + bytes).min(MAX_WINDOW);
     }
 
     /// Folds the bytes since the last sample into the rate estimate (call about once a second).

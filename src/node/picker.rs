@@ -9,6 +9,10 @@
 //! back to Queued when the last fetch gives up, [`Picker::complete`] moves to
 //! Have. In the endgame (nothing Queued) [`Picker::pick_duplicate`] adds a
 //! second copy of an InFlight piece so one slow owner cannot stall the end.
+//!
+//! Among pieces equally rare the order is shuffled by a per-download seed, so
+//! two nodes downloading from the same owner fetch different pieces first and
+//! have something to trade.
 
 use std::collections::BTreeSet;
 
@@ -23,24 +27,46 @@ pub struct Picker {
     have: Bitfield,
     copies: Vec<u8>,
     avail: Vec<u16>,
-    /// Queued pieces ordered by (availability, index): the first is the rarest.
-    queue: BTreeSet<(u16, u32)>,
+    /// Queued pieces ordered by (availability, shuffle key, index): the first is the rarest.
+    queue: BTreeSet<(u16, u32, u32)>,
+    /// InFlight pieces, so endgame picks never scan the whole file.
+    in_flight: BTreeSet<u32>,
+    seed: u64,
+}
+
+/// A well-mixed 32-bit value of `piece` under `seed` (splitmix64's finaliser).
+fn shuffle_key(seed: u64, piece: u32) -> u32 {
+    let mut z = seed ^ u64::from(piece).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    (z ^ (z >> 31)) as u32
 }
 
 impl Picker {
-    /// A picker for `have.len()` pieces, of which those in `have` are already held.
-    pub fn new(have: Bitfield) -> Self {
+    /// A picker for `have.len()` pieces, of which those in `have` are already held;
+    /// `seed` shuffles the order among equally rare pieces.
+    pub fn new(have: Bitfield, seed: u64) -> Self {
         let pieces = have.len();
         let queue = (0..pieces)
             .filter(|&p| !have.get(p))
-            .map(|p| (0, p))
+            .map(|p| (0, shuffle_key(seed, p), p))
             .collect();
         Picker {
             copies: vec![0; pieces as usize],
             avail: vec![0; pieces as usize],
             have,
             queue,
+            in_flight: BTreeSet::new(),
+            seed,
         }
+    }
+
+    fn key(&self, piece: u32) -> (u16, u32, u32) {
+        (
+            self.avail[piece as usize],
+            shuffle_key(self.seed, piece),
+            piece,
+        )
     }
 
     /// Pieces verified so far.
@@ -90,16 +116,20 @@ impl Picker {
         };
         let old = *avail;
         *avail = change(old);
-        if self.queue.remove(&(old, piece)) {
-            self.queue.insert((*avail, piece));
+        let new = *avail;
+        let salt = shuffle_key(self.seed, piece);
+        if self.queue.remove(&(old, salt, piece)) {
+            self.queue.insert((new, salt, piece));
         }
     }
 
     /// The rarest Queued piece `owner` holds, now InFlight.
     pub fn pick(&mut self, owner: &Bitfield) -> Option<u32> {
-        let &(avail, piece) = self.queue.iter().find(|&&(_, p)| owner.get(p))?;
-        self.queue.remove(&(avail, piece));
+        let &key = self.queue.iter().find(|&&(_, _, p)| owner.get(p))?;
+        self.queue.remove(&key);
+        let piece = key.2;
         self.copies[piece as usize] = 1;
+        self.in_flight.insert(piece);
         Some(piece)
     }
 
@@ -110,14 +140,14 @@ impl Picker {
 
     /// Endgame: an InFlight piece `owner` holds with the fewest copies, not one `skip` rejects.
     pub fn pick_duplicate(&mut self, owner: &Bitfield, skip: impl Fn(u32) -> bool) -> Option<u32> {
-        if !self.in_endgame() {
+        if !self.queue.is_empty() {
             return None;
         }
-        let piece = (0..self.have.len())
-            .filter(|&p| {
-                let copies = self.copies[p as usize];
-                !self.have.get(p) && copies > 0 && copies < MAX_COPIES && owner.get(p) && !skip(p)
-            })
+        let piece = self
+            .in_flight
+            .iter()
+            .copied()
+            .filter(|&p| self.copies[p as usize] < MAX_COPIES && owner.get(p) && !skip(p))
             .min_by_key(|&p| self.copies[p as usize])?;
         self.copies[piece as usize] += 1;
         Some(piece)
@@ -129,15 +159,21 @@ impl Picker {
             return;
         };
         *copies = copies.saturating_sub(1);
-        if *copies == 0 && !self.have.get(piece) {
-            self.queue.insert((self.avail[piece as usize], piece));
+        if *copies == 0 {
+            self.in_flight.remove(&piece);
+            if !self.have.get(piece) {
+                let key = self.key(piece);
+                self.queue.insert(key);
+            }
         }
     }
 
     /// `piece` was verified: Have. The caller still releases other copies in flight.
     pub fn complete(&mut self, piece: u32) {
         if self.have.set(piece) {
-            self.queue.remove(&(self.avail[piece as usize], piece));
+            let key = self.key(piece);
+            self.queue.remove(&key);
+            self.in_flight.remove(&piece);
         }
     }
 
@@ -161,40 +197,63 @@ mod tests {
 
     #[test]
     fn picks_the_rarest_piece_the_owner_holds() {
-        let mut picker = Picker::new(Bitfield::new(4));
+        let mut picker = Picker::new(Bitfield::new(4), 7);
         let everyone = Bitfield::full(4);
         let partial = field(4, &[2, 3]);
         picker.add_owner(&everyone);
         picker.add_owner(&everyone);
         picker.add_owner(&partial);
-        // Pieces 0 and 1 are held by two owners, 2 and 3 by three.
-        assert_eq!(picker.pick(&everyone), Some(0));
-        assert_eq!(picker.pick(&partial), Some(2));
-        assert_eq!(picker.pick(&partial), Some(3));
+        // Pieces 0 and 1 are held by two owners, 2 and 3 by three: 0 and 1 go first.
+        let first = picker.pick(&everyone).expect("a piece");
+        assert!(first < 2, "picked {first}");
+        let mut from_partial = [picker.pick(&partial), picker.pick(&partial)];
+        from_partial.sort();
+        assert_eq!(from_partial, [Some(2), Some(3)]);
         assert_eq!(picker.pick(&partial), None);
-        assert_eq!(picker.pick(&everyone), Some(1));
+        assert_eq!(picker.pick(&everyone), Some(1 - first));
         assert_eq!(picker.pick(&everyone), None);
     }
 
     #[test]
     fn released_pieces_return_and_completed_ones_never_do() {
-        let mut picker = Picker::new(field(3, &[0]));
+        let mut picker = Picker::new(field(3, &[0]), 7);
         let all = Bitfield::full(3);
         picker.add_owner(&all);
-        assert_eq!(picker.pick(&all), Some(1));
-        assert_eq!(picker.pick(&all), Some(2));
-        picker.release(1);
-        assert_eq!(picker.pick(&all), Some(1));
-        picker.complete(1);
-        picker.release(1);
+        let a = picker.pick(&all).expect("a piece");
+        let b = picker.pick(&all).expect("another piece");
+        assert_eq!([a.min(b), a.max(b)], [1, 2]);
+        picker.release(a);
+        assert_eq!(picker.pick(&all), Some(a));
+        picker.complete(a);
+        picker.release(a);
         assert_eq!(picker.pick(&all), None);
         assert_eq!(picker.missing(), 1);
         assert!(picker.in_endgame());
     }
 
     #[test]
+    fn equally_rare_pieces_come_in_a_per_seed_order() {
+        let all = Bitfield::full(64);
+        let order = |seed| {
+            let mut picker = Picker::new(Bitfield::new(64), seed);
+            picker.add_owner(&all);
+            std::iter::from_fn(|| picker.pick(&all)).collect::<Vec<u32>>()
+        };
+        let (one, other) = (order(1), order(2));
+        assert_ne!(one, other);
+        let mut sorted = one.clone();
+        sorted.sort();
+        assert_eq!(
+            sorted,
+            (0..64).collect::<Vec<u32>>(),
+            "every piece exactly once"
+        );
+        assert_eq!(one, order(1), "the same seed gives the same order");
+    }
+
+    #[test]
     fn endgame_duplicates_in_flight_pieces_at_most_twice() {
-        let mut picker = Picker::new(Bitfield::new(1));
+        let mut picker = Picker::new(Bitfield::new(1), 7);
         let all = Bitfield::full(1);
         picker.add_owner(&all);
         assert_eq!(picker.pick(&all), Some(0));
@@ -207,7 +266,7 @@ mod tests {
 
     #[test]
     fn availability_counts_only_connected_owners() {
-        let mut picker = Picker::new(Bitfield::new(2));
+        let mut picker = Picker::new(Bitfield::new(2), 7);
         let first = field(2, &[0]);
         picker.add_owner(&first);
         assert_eq!(picker.unavailable(), 1);

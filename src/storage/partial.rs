@@ -206,6 +206,7 @@ pub(crate) fn begin(
         state_path,
         final_path,
         done: claimed.clone(),
+        unsaved: None,
         claimed,
     })
 }
@@ -225,8 +226,10 @@ pub struct PartialFile {
     final_path: PathBuf,
     /// Pieces the state file claimed at open.
     claimed: Vec<bool>,
-    /// Pieces marked done now (starts as `claimed`); mirrors the state file.
+    /// Pieces marked done now (starts as `claimed`); the state file lags by `unsaved`.
     done: Vec<bool>,
+    /// Pieces marked done but not yet written to the state file, as a range (first, last).
+    unsaved: Option<(u32, u32)>,
 }
 
 impl PartialFile {
@@ -268,8 +271,35 @@ impl PartialFile {
     /// Persist (pwrite one byte of the state file; no fsync per piece: see the module docs).
     ///
     /// Call it only after the piece's data was written and verified.
+    ///
+    /// The mark is kept in memory until [`PartialFile::save_marks`] (or drop, or finish) writes
+    /// every pending mark in one write: one system call per batch instead of per piece. A
+    /// crash loses only marks not yet saved, and those pieces are fetched again.
     pub fn mark_done(&mut self, piece: u32) -> Result<(), StorageError> {
-        self.set_piece(piece, true)
+        let Some(slot) = self.done.get_mut(piece as usize) else {
+            return self.set_piece(piece, true);
+        };
+        *slot = true;
+        self.unsaved = Some(match self.unsaved {
+            Some((first, last)) => (first.min(piece), last.max(piece)),
+            None => (piece, piece),
+        });
+        Ok(())
+    }
+
+    /// Writes the pending marks of [`PartialFile::mark_done`] to the state file.
+    pub fn save_marks(&mut self) -> Result<(), StorageError> {
+        let Some((first, last)) = self.unsaved.take() else {
+            return Ok(());
+        };
+        let bytes: Vec<u8> = self.done[first as usize..=last as usize]
+            .iter()
+            .map(|&d| u8::from(d))
+            .collect();
+        let offset = (STATE_HEADER_LEN as u64) + u64::from(first);
+        self.state
+            .write_all_at(&bytes, offset)
+            .map_err(|e| io_err(&self.state_label, "write", e))
     }
 
     /// Unset after a failed re-verify.
@@ -307,7 +337,8 @@ impl PartialFile {
     /// symlink at `DIR/NAME` is replaced (rename semantics); a directory there
     /// makes the rename fail. On any error the temporary files are kept, so the
     /// download can be resumed.
-    pub fn finish(self) -> Result<PathBuf, StorageError> {
+    pub fn finish(mut self) -> Result<PathBuf, StorageError> {
+        self.save_marks()?;
         let missing = self.done.iter().filter(|&&d| !d).count();
         if missing > 0 {
             return Err(StorageError::StateMismatch(format!(
@@ -334,7 +365,7 @@ impl PartialFile {
         File::open(&self.dir)
             .and_then(|d| d.sync_all())
             .map_err(|e| io_err(&self.name, "fsync folder", e))?;
-        Ok(self.final_path)
+        Ok(self.final_path.clone())
     }
 
     /// Remove temp + state files (user abandoned the download).
@@ -350,6 +381,15 @@ impl PartialFile {
             }
         }
         Ok(())
+    }
+}
+
+impl Drop for PartialFile {
+    fn drop(&mut self) {
+        // A download stopped or failed: keep its progress for a resume.
+        if let Err(e) = self.save_marks() {
+            log::warn!("{e}");
+        }
     }
 }
 

@@ -88,6 +88,12 @@ impl<S: PartStore> Download<S> {
             return;
         }
         self.next_tick = now + TICK;
+        if let Some(store) = self.store.as_mut() {
+            if let Err(e) = store.save_marks() {
+                self.fail(io, format!("cannot record progress of {}: {e}", self.name));
+                return;
+            }
+        }
         if self.phase == Phase::Owners {
             if self
                 .starving_since

@@ -38,6 +38,8 @@ pub trait PartStore: PieceStore {
     fn mark_done(&mut self, piece: u32) -> Result<(), StorageError>;
     /// Records `piece` as not verified (it failed its check on resume).
     fn mark_bad(&mut self, piece: u32) -> Result<(), StorageError>;
+    /// Makes the marks so far survive a crash (called about every quarter second).
+    fn save_marks(&mut self) -> Result<(), StorageError>;
 }
 
 impl PartStore for storage::PartialFile {
@@ -47,6 +49,9 @@ impl PartStore for storage::PartialFile {
     fn mark_bad(&mut self, piece: u32) -> Result<(), StorageError> {
         storage::PartialFile::mark_bad(self, piece)
     }
+    fn save_marks(&mut self) -> Result<(), StorageError> {
+        storage::PartialFile::save_marks(self)
+    }
 }
 
 impl PartStore for storage::MemStore {
@@ -54,6 +59,9 @@ impl PartStore for storage::MemStore {
         Ok(())
     }
     fn mark_bad(&mut self, _piece: u32) -> Result<(), StorageError> {
+        Ok(())
+    }
+    fn save_marks(&mut self) -> Result<(), StorageError> {
         Ok(())
     }
 }
@@ -321,6 +329,15 @@ impl<S: PartStore> Download<S> {
                 .filter(|p| p.phase == PeerPhase::Ready)
                 .count(),
         }
+    }
+
+    /// A seed that differs between nodes (and files), so equally rare pieces are fetched in
+    /// different orders by different downloaders and they have pieces to trade.
+    fn shuffle_seed(&self) -> u64 {
+        use std::hash::{Hash as _, Hasher as _};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        (&self.my_name, &self.name).hash(&mut hasher);
+        hasher.finish()
     }
 
     fn layout(&self) -> Option<Layout> {
@@ -630,7 +647,7 @@ impl<S: PartStore> Download<S> {
         let Some(info) = self.info else { return };
         let pieces = layout_of(info).piece_count();
         self.store = Some(store);
-        let mut picker = Picker::new(Bitfield::new(pieces));
+        let mut picker = Picker::new(Bitfield::new(pieces), self.shuffle_seed());
         for peer in self.peers.values().filter(|p| p.phase == PeerPhase::Ready) {
             picker.add_owner(&peer.has);
         }

@@ -223,15 +223,18 @@ impl<S: PartStore> Download<S> {
                 continue;
             }
             while peer.outstanding_bytes < peer.window() {
-                let multi_block = |p: u32| layout.piece_len(p) > MAX_BLOCK_LEN;
                 let piece = match picker.pick(&peer.has) {
                     Some(piece) => piece,
-                    None => match picker
-                        .pick_duplicate(&peer.has, |p| multi_block(p) || peer.is_fetching(p))
-                    {
-                        Some(piece) => piece,
-                        None => break,
-                    },
+                    // Endgame: only an owner with nothing left to do takes a copy of another's
+                    // piece, one at a time, so the copies stay few and go to whoever is free.
+                    None if peer.requests.is_empty() => {
+                        let multi_block = |p: u32| layout.piece_len(p) > MAX_BLOCK_LEN;
+                        match picker.pick_duplicate(&peer.has, multi_block) {
+                            Some(piece) => piece,
+                            None => break,
+                        }
+                    }
+                    None => break,
                 };
                 for block in blocks_of(layout, piece) {
                     io.send(slot, &Message::Request(request_of(info.root, &block)));
