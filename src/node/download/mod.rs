@@ -109,6 +109,8 @@ pub struct DownloadConfig {
     pub reconnect_backoff: Duration,
     /// Most owners connected at once.
     pub max_peers: usize,
+    /// In the endgame, a piece is asked of a second owner once it has been in flight this long.
+    pub endgame_after: Duration,
     /// Bytes of claimed pieces re-verified per step on resume.
     pub verify_step_bytes: u64,
 }
@@ -123,6 +125,7 @@ impl Default for DownloadConfig {
             owner_wait: Duration::from_secs(3),
             reconnect_backoff: Duration::from_secs(1),
             max_peers: 64,
+            endgame_after: Duration::from_millis(300),
             verify_step_bytes: 32 << 20,
         }
     }
@@ -200,6 +203,8 @@ pub struct Download<S> {
     kept_bytes: u64,
     /// Verified bytes each owner (by name) delivered.
     sources: BTreeMap<String, u64>,
+    /// When each piece in flight was last asked for (endgame copies wait for late ones).
+    asked_at: HashMap<u32, Instant>,
 }
 
 /// How often rates are sampled and timeouts checked.
@@ -234,6 +239,7 @@ impl<S: PartStore> Download<S> {
             fetched_bytes: 0,
             kept_bytes: 0,
             sources: BTreeMap::new(),
+            asked_at: HashMap::new(),
         }
     }
 

@@ -177,6 +177,7 @@ impl<S: PartStore> Download<S> {
         }
         picker.complete(piece);
         picker.release(piece);
+        self.asked_at.remove(&piece);
         if let Some(peer) = self.peers.get_mut(&slot) {
             let bytes = u64::from(layout_of(info).piece_len(piece));
             peer.delivered += bytes;
@@ -210,7 +211,7 @@ impl<S: PartStore> Download<S> {
     }
 
     /// Keeps every ready owner's pipeline full: rarest pieces first, endgame copies at the end.
-    pub(super) fn fill(&mut self, _now: Instant, io: &mut dyn PeerIo) {
+    pub(super) fn fill(&mut self, now: Instant, io: &mut dyn PeerIo) {
         if self.phase != Phase::Pieces {
             return;
         }
@@ -224,12 +225,23 @@ impl<S: PartStore> Download<S> {
             }
             while peer.outstanding_bytes < peer.window() {
                 let piece = match picker.pick(&peer.has) {
-                    Some(piece) => piece,
-                    // Endgame: only an owner with nothing left to do takes a copy of another's
-                    // piece, one at a time, so the copies stay few and go to whoever is free.
+                    Some(piece) => {
+                        self.asked_at.insert(piece, now);
+                        piece
+                    }
+                    // Endgame: only an owner with nothing left to do takes a copy of a piece
+                    // another owner has held for a while, one at a time, so copies stay few,
+                    // go to whoever is free, and only chase pieces that are late.
                     None if peer.requests.is_empty() => {
-                        let multi_block = |p: u32| layout.piece_len(p) > MAX_BLOCK_LEN;
-                        match picker.pick_duplicate(&peer.has, multi_block) {
+                        let asked_at = &self.asked_at;
+                        let patience = self.config.endgame_after;
+                        let not_yet = |p: u32| {
+                            layout.piece_len(p) > MAX_BLOCK_LEN
+                                || asked_at
+                                    .get(&p)
+                                    .is_some_and(|&t| now.saturating_duration_since(t) < patience)
+                        };
+                        match picker.pick_duplicate(&peer.has, not_yet) {
                             Some(piece) => piece,
                             None => break,
                         }

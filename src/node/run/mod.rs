@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io;
 use std::net::SocketAddr;
-use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::bitfield::Bitfield;
@@ -127,7 +127,7 @@ impl NodeServer {
 enum Role {
     Tracker,
     Serve(ServeConn, Instant),
-    Peer { file: Rc<str>, slot: SlotId },
+    Peer { file: Arc<str>, slot: SlotId },
 }
 
 /// The connection to the tracker and its reconnect back-off.
@@ -159,7 +159,7 @@ struct HashJob {
 /// A download and the connections of its owners.
 struct Transfer {
     /// The file name, shared with this download's connection roles.
-    key: Rc<str>,
+    key: Arc<str>,
     dl: Download<PartialFile>,
     slots: HashMap<SlotId, ConnId>,
     started: Instant,
@@ -524,5 +524,15 @@ impl Node {
             }
             Some(Role::Serve(..)) | None => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Tests and benchmarks bind a node on one thread and run it on another.
+    #[test]
+    fn a_bound_node_can_move_to_another_thread() {
+        fn assert_send<T: Send>() {}
+        assert_send::<super::NodeServer>();
     }
 }

@@ -7,7 +7,7 @@ pub(super) struct DlIo<'a> {
     pub(super) ctx: &'a mut Ctx,
     pub(super) conns: &'a mut HashMap<ConnId, Role>,
     pub(super) slots: &'a mut HashMap<SlotId, ConnId>,
-    pub(super) file: Rc<str>,
+    pub(super) file: Arc<str>,
     pub(super) failed: Vec<SlotId>,
 }
 
@@ -70,7 +70,7 @@ impl Node {
         }
         let now = ctx.now();
         let transfer = Transfer {
-            key: Rc::from(name),
+            key: Arc::from(name),
             dl: Download::new(name, &self.config.name, self.config.download.clone(), now),
             slots: HashMap::new(),
             started: now,
