@@ -273,6 +273,11 @@ impl<S: PartStore> Download<S> {
         self.store.as_ref()
     }
 
+    /// Writes the verified-piece record now (it is otherwise saved every tick).
+    pub fn save_marks(&mut self) -> Result<(), StorageError> {
+        self.store.as_mut().map_or(Ok(()), PartStore::save_marks)
+    }
+
     /// Hands the store back to the driver (to finish or close it).
     pub fn take_store(&mut self) -> Option<S> {
         self.store.take()

@@ -162,6 +162,12 @@ impl Node {
         };
         let first = !transfer.announced;
         transfer.announced = true;
+        if first {
+            // What we announce as ours is on record first, so a crash right after keeps it.
+            if let Err(e) = transfer.dl.save_marks() {
+                log::warn!("{file}: cannot record progress: {e}");
+            }
+        }
         let have = Message::HavePiece {
             root: info.root,
             piece,
@@ -227,28 +233,7 @@ impl Node {
         self.report.completed += 1;
         self.tell_tracker(ctx, &NodeToTracker::Unneed { name: file });
         match self.folder.open_shared(file) {
-            Ok(store) => {
-                let have = Bitfield::full(hashes.len() as u32);
-                self.tell_tracker(
-                    ctx,
-                    &NodeToTracker::Have {
-                        name: file,
-                        info,
-                        complete: true,
-                    },
-                );
-                let name = file.to_owned();
-                self.shared.insert(
-                    info.root,
-                    Shared {
-                        name,
-                        info,
-                        hashes,
-                        have,
-                        store,
-                    },
-                );
-            }
+            Ok(store) => self.publish(ctx, file.to_owned(), info, hashes, store),
             Err(e) => log::warn!("{file}: downloaded but cannot be shared: {e}"),
         }
         self.awaited.remove(file);
