@@ -13,25 +13,23 @@
 //! its file before the rename; plain `cp` does not). The ratios are the figures
 //! to read: absolute rates on a shared machine drift.
 
+#[path = "../examples/support/mod.rs"]
+mod support;
+
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc;
-use std::thread::{self, JoinHandle};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use shoal::node::{self, NodeConfig};
-use shoal::reactor::Stopper;
-use shoal::tracker::{self, TrackerConfig};
-use shoal::wire::{self, Decoder, Limits, Message, NodeToTracker};
+use support::{generate, start_owner, start_tracker, wait_for_owners, CHUNK};
 
 const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
-/// Buffer size for generating the file and for the TCP baseline.
-const CHUNK: usize = 1 << 20;
 
 /// One configuration of the matrix.
 #[derive(Clone, Copy, Debug)]
@@ -50,20 +48,6 @@ struct Row {
     cp_sync: f64,
 }
 
-/// A reactor running on its own thread.
-struct Running {
-    stopper: Stopper,
-    thread: JoinHandle<()>,
-}
-
-impl Running {
-    /// Stops the reactor and waits for its thread.
-    fn stop(self) {
-        self.stopper.stop();
-        let _ = self.thread.join();
-    }
-}
-
 fn main() -> io::Result<()> {
     shoal::logging::init(0, true);
     let cases = selected_cases();
@@ -80,7 +64,7 @@ fn main() -> io::Result<()> {
     sizes.dedup();
     for size in sizes {
         let original = root.path().join(format!("file-{}", label(size)));
-        generate(&original, size)?;
+        generate(&original, size, size)?;
         let mut pieces: Vec<u32> = cases
             .iter()
             .filter(|c| c.size == size)
@@ -164,7 +148,14 @@ fn run_group(
     }
     let mut rows = Vec::new();
     for case in group {
-        wait_for_owners(tracker, &file_name(case), case.owners)?;
+        // 120 s: big files are hashed before they are published.
+        wait_for_owners(
+            tracker,
+            &file_name(case),
+            case.owners,
+            Duration::from_secs(120),
+            Duration::from_millis(100),
+        )?;
         rows.push(measure(root, original, tracker, *case)?);
     }
     for owner in owners {
@@ -282,138 +273,6 @@ fn fs_copy(original: &Path, copy: &Path, sync: bool) -> io::Result<Duration> {
     let took = started.elapsed();
     fs::remove_file(copy)?;
     Ok(took)
-}
-
-/// Starts a tracker on a thread; returns it with its address.
-fn start_tracker() -> io::Result<(Running, SocketAddr)> {
-    let server = tracker::bind(TrackerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        limits: Default::default(),
-    })?;
-    let addr = server.local_addr();
-    let running = Running {
-        stopper: server.stopper(),
-        thread: thread::spawn(move || {
-            if let Err(e) = server.run() {
-                eprintln!("tracker: {e}");
-            }
-        }),
-    };
-    Ok((running, addr))
-}
-
-/// Starts owner `i` sharing `uploads` from `dir` on a thread.
-fn start_owner(
-    i: usize,
-    dir: &Path,
-    tracker: SocketAddr,
-    piece: u32,
-    uploads: Vec<String>,
-) -> io::Result<Running> {
-    let mut config = NodeConfig::new(&format!("owner-{i}"));
-    config.tracker = tracker;
-    config.dir = dir.to_owned();
-    config.uploads = uploads;
-    config.piece_size = piece;
-    spawn_node(config)
-}
-
-/// Binds a node on a thread of its own (a `NodeServer` cannot move between threads) and runs it there.
-fn spawn_node(config: NodeConfig) -> io::Result<Running> {
-    let name = config.name.clone();
-    let (tx, rx) = mpsc::channel();
-    let thread = thread::spawn(move || match node::bind(config) {
-        Ok(server) => {
-            let _ = tx.send(Ok(server.stopper()));
-            if let Err(e) = server.run() {
-                eprintln!("{name}: {e}");
-            }
-        }
-        Err(e) => {
-            let _ = tx.send(Err(e));
-        }
-    });
-    let stopper = rx
-        .recv()
-        .map_err(|_| io::Error::other("the node thread died before binding"))??;
-    Ok(Running { stopper, thread })
-}
-
-/// Polls the tracker until it lists `want` owners of `file` (120 s at most: big files are hashed first).
-fn wait_for_owners(tracker: SocketAddr, file: &str, want: usize) -> io::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let known = owners_known(tracker, file)?;
-        if known >= want {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            return Err(io::Error::other(format!(
-                "only {known} of {want} owners published {file}"
-            )));
-        }
-        thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// Asks the tracker, as a throw-away node, how many owners of `file` it knows.
-fn owners_known(tracker: SocketAddr, file: &str) -> io::Result<usize> {
-    static PROBES: AtomicUsize = AtomicUsize::new(0);
-    let probe = format!("probe-{}", PROBES.fetch_add(1, Ordering::Relaxed));
-    let mut stream = TcpStream::connect(tracker)?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let mut out = Vec::new();
-    for msg in [
-        NodeToTracker::Hello {
-            node_name: &probe,
-            listen_port: 9,
-        },
-        NodeToTracker::Need { name: file },
-    ] {
-        wire::encode(&Message::NodeToTracker(msg), &mut out).map_err(io::Error::other)?;
-    }
-    stream.write_all(&out)?;
-    let mut decoder = Decoder::new(Limits::default());
-    let mut buf = vec![0u8; 64 << 10];
-    loop {
-        let n = stream.read(&mut buf)?;
-        if n == 0 {
-            return Err(io::Error::other("the tracker closed the probe connection"));
-        }
-        let mut fed = 0;
-        while fed < n {
-            fed += decoder.feed(&buf[fed..n]);
-            while let Some(msg) = decoder.next_frame().map_err(io::Error::other)? {
-                match msg {
-                    Message::TrackerToNode(list) => return Ok(list.owners.len()),
-                    Message::Error { reason, .. } => {
-                        return Err(io::Error::other(format!("the tracker refused: {reason}")))
-                    }
-                    _ => {}
-                }
-            }
-        }
-    }
-}
-
-/// Writes `size` pseudo-random bytes (xorshift64) to `path` in 1 MiB chunks.
-fn generate(path: &Path, size: u64) -> io::Result<()> {
-    let mut out = File::create(path)?;
-    let mut state: u64 = 0x9E37_79B9_7F4A_7C15 ^ size;
-    let mut buf = vec![0u8; CHUNK];
-    let mut left = size;
-    while left > 0 {
-        for word in buf.chunks_exact_mut(8) {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            word.copy_from_slice(&state.to_le_bytes());
-        }
-        let n = left.min(CHUNK as u64) as usize;
-        out.write_all(&buf[..n])?;
-        left -= n as u64;
-    }
-    out.sync_all()
 }
 
 /// Where the bench's files live: `target/shoal-bench` (a real disk, not a tmpfs).

@@ -11,27 +11,23 @@
 //! printed. The demo prints the throughput, the time and whether the
 //! downloaded bytes equal the original, and exits non-zero if they do not.
 
+mod support;
+
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc;
-use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
 use shoal::node::rate::parse_size;
 use shoal::node::{self, NodeConfig};
-use shoal::reactor::Stopper;
-use shoal::tracker::{self, TrackerConfig};
-use shoal::wire::{self, Decoder, Limits, Message, NodeToTracker};
+use shoal::wire;
+use support::{generate, start_owner, start_tracker, wait_for_owners, CHUNK};
 
 /// Name of the generated file.
 const FILE: &str = "demo.bin";
-/// Chunk size for generating and comparing files.
-const CHUNK: usize = 1 << 20;
 
 /// Share a generated file from N owners and download it, all on loopback.
 #[derive(Parser, Debug)]
@@ -48,20 +44,6 @@ struct Args {
     /// Run the downloader as a separate `shoal-node` process (under `/usr/bin/time -v` if present).
     #[arg(long)]
     spawn_downloader: bool,
-}
-
-/// A reactor running on its own thread.
-struct Running {
-    stopper: Stopper,
-    thread: JoinHandle<()>,
-}
-
-impl Running {
-    /// Stops the reactor and waits for its thread.
-    fn stop(self) {
-        self.stopper.stop();
-        let _ = self.thread.join();
-    }
 }
 
 fn main() -> ExitCode {
@@ -88,21 +70,9 @@ fn demo(args: &Args) -> io::Result<bool> {
     let original = root.path().join("owner-0").join(FILE);
     fs::create_dir_all(original.parent().unwrap())?;
     println!("generating {} ({} bytes)", FILE, args.size);
-    generate(&original, args.size)?;
+    generate(&original, args.size, 0)?;
 
-    let tracker = tracker::bind(TrackerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        limits: Default::default(),
-    })?;
-    let tracker_addr = tracker.local_addr();
-    let tracker = Running {
-        stopper: tracker.stopper(),
-        thread: thread::spawn(move || {
-            if let Err(e) = tracker.run() {
-                eprintln!("tracker: {e}");
-            }
-        }),
-    };
+    let (tracker, tracker_addr) = start_tracker()?;
     println!("tracker on {tracker_addr}");
 
     let mut nodes = Vec::new();
@@ -112,9 +82,21 @@ fn demo(args: &Args) -> io::Result<bool> {
             fs::create_dir_all(&dir)?;
             fs::hard_link(&original, dir.join(FILE))?;
         }
-        nodes.push(start_owner(i, &dir, tracker_addr, piece_size)?);
+        nodes.push(start_owner(
+            i,
+            &dir,
+            tracker_addr,
+            piece_size,
+            vec![FILE.to_owned()],
+        )?);
     }
-    wait_for_owners(tracker_addr, FILE, owners)?;
+    wait_for_owners(
+        tracker_addr,
+        FILE,
+        owners,
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+    )?;
     println!("{owners} owners publish {FILE}; downloading");
 
     let dl_dir = root.path().join("downloader");
@@ -143,114 +125,6 @@ fn demo(args: &Args) -> io::Result<bool> {
     tracker.stop();
     root.close()?;
     Ok(identical)
-}
-
-/// Writes `size` pseudo-random bytes (xorshift64) to `path` in 1 MiB chunks.
-fn generate(path: &Path, size: u64) -> io::Result<()> {
-    let mut out = File::create(path)?;
-    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mut buf = vec![0u8; CHUNK];
-    let mut left = size;
-    while left > 0 {
-        for word in buf.chunks_exact_mut(8) {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            word.copy_from_slice(&state.to_le_bytes());
-        }
-        let n = left.min(CHUNK as u64) as usize;
-        out.write_all(&buf[..n])?;
-        left -= n as u64;
-    }
-    out.sync_all()
-}
-
-/// Binds owner `i` sharing the file from `dir` and runs it on a thread.
-fn start_owner(i: usize, dir: &Path, tracker: SocketAddr, piece_size: u32) -> io::Result<Running> {
-    let mut config = NodeConfig::new(&format!("owner-{i}"));
-    config.tracker = tracker;
-    config.dir = dir.to_owned();
-    config.uploads = vec![FILE.to_owned()];
-    config.piece_size = piece_size;
-    spawn_node(config)
-}
-
-/// Binds a node on a thread of its own (a `NodeServer` cannot move between threads) and runs it there.
-fn spawn_node(config: NodeConfig) -> io::Result<Running> {
-    let name = config.name.clone();
-    let (tx, rx) = mpsc::channel();
-    let thread = thread::spawn(move || match node::bind(config) {
-        Ok(server) => {
-            let _ = tx.send(Ok(server.stopper()));
-            if let Err(e) = server.run() {
-                eprintln!("{name}: {e}");
-            }
-        }
-        Err(e) => {
-            let _ = tx.send(Err(e));
-        }
-    });
-    let stopper = rx
-        .recv()
-        .map_err(|_| io::Error::other("the node thread died before binding"))??;
-    Ok(Running { stopper, thread })
-}
-
-/// Polls the tracker until it lists at least `want` owners of `file` (60 s at most).
-fn wait_for_owners(tracker: SocketAddr, file: &str, want: usize) -> io::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let known = owners_known(tracker, file)?;
-        if known >= want {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            return Err(io::Error::other(format!(
-                "only {known} of {want} owners published {file} within 60 s"
-            )));
-        }
-        thread::sleep(Duration::from_millis(200));
-    }
-}
-
-/// Asks the tracker, as a throw-away node, how many owners of `file` it knows.
-fn owners_known(tracker: SocketAddr, file: &str) -> io::Result<usize> {
-    static PROBES: AtomicUsize = AtomicUsize::new(0);
-    let probe = format!("probe-{}", PROBES.fetch_add(1, Ordering::Relaxed));
-    let mut stream = TcpStream::connect(tracker)?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let mut out = Vec::new();
-    for msg in [
-        NodeToTracker::Hello {
-            node_name: &probe,
-            listen_port: 9,
-        },
-        NodeToTracker::Need { name: file },
-    ] {
-        wire::encode(&Message::NodeToTracker(msg), &mut out).map_err(io::Error::other)?;
-    }
-    stream.write_all(&out)?;
-    let mut decoder = Decoder::new(Limits::default());
-    let mut buf = vec![0u8; 64 << 10];
-    loop {
-        let n = stream.read(&mut buf)?;
-        if n == 0 {
-            return Err(io::Error::other("the tracker closed the probe connection"));
-        }
-        let mut fed = 0;
-        while fed < n {
-            fed += decoder.feed(&buf[fed..n]);
-            while let Some(msg) = decoder.next_frame().map_err(io::Error::other)? {
-                match msg {
-                    Message::TrackerToNode(list) => return Ok(list.owners.len()),
-                    Message::Error { reason, .. } => {
-                        return Err(io::Error::other(format!("the tracker refused: {reason}")))
-                    }
-                    _ => {}
-                }
-            }
-        }
-    }
 }
 
 /// Downloads the file with an in-process node showing progress; true if it completed.
