@@ -536,6 +536,14 @@ impl<S: PartStore> Download<S> {
         io: &mut dyn PeerIo,
     ) {
         let Some(expected) = self.info else { return };
+        if self
+            .peers
+            .get(&slot)
+            .is_some_and(|p| p.phase != PeerPhase::Asked)
+        {
+            self.lose_peer(now, slot, Some("answered a question it was not asked"), io);
+            return;
+        }
         if name != self.name || *info != expected {
             self.lose_peer(now, slot, Some("answered with another file's layout"), io);
             return;
