@@ -97,6 +97,8 @@ pub struct TrackerState {
     sessions: HashMap<SessionId, Session>,
     nodes: HashMap<String, NodeEntry>,
     files: HashMap<String, FileEntry>,
+    /// Disconnected nodes waiting out their grace period (so timeouts never scan every node).
+    expiring: HashSet<String>,
     /// Files whose owner list changed since watchers were last told.
     dirty: BTreeSet<String>,
     notify_at: Option<Instant>,
@@ -109,6 +111,7 @@ impl TrackerState {
             limits,
             sessions: HashMap::new(),
             nodes: HashMap::new(),
+            expiring: HashSet::new(),
             files: HashMap::new(),
             dirty: BTreeSet::new(),
             notify_at: None,
@@ -138,10 +141,12 @@ impl TrackerState {
             }
         }
         self.drop_empty_files(gone.watching.iter());
-        if let Some(node) = gone.node.and_then(|n| self.nodes.get_mut(&n)) {
+        let Some(name) = gone.node else { return };
+        if let Some(node) = self.nodes.get_mut(&name) {
             if node.session == Some(session) {
                 node.session = None;
                 node.expires = Some(now + self.limits.grace);
+                self.expiring.insert(name);
             }
         }
     }
@@ -154,11 +159,13 @@ impl TrackerState {
         msg: &Message<'_>,
         out: &mut dyn Outbox,
     ) {
-        let Some(sess) = self.sessions.get(&session) else {
+        let Some(sess) = self.sessions.get_mut(&session) else {
             return;
         };
-        let node = sess.node.clone();
-        match (msg, node) {
+        // Borrowed out of the session for the call (no copy per message), put back after.
+        let node = sess.node.take();
+        let exiting = matches!(msg, Message::NodeToTracker(NodeToTracker::Exit));
+        match (msg, node.as_deref()) {
             (
                 Message::NodeToTracker(NodeToTracker::Hello {
                     node_name,
@@ -173,9 +180,7 @@ impl TrackerState {
             (Message::NodeToTracker(_), None) => {
                 refuse(out, session, ErrorCode::Protocol, "hello must come first");
             }
-            (Message::NodeToTracker(req), Some(node)) => {
-                self.request(now, session, &node, req, out)
-            }
+            (Message::NodeToTracker(req), Some(node)) => self.request(now, session, node, req, out),
             (Message::Error { code, reason }, _) => {
                 log::info!("session {session} reports {code:?}: {reason}");
             }
@@ -185,6 +190,11 @@ impl TrackerState {
                     other.type_code()
                 );
                 refuse(out, session, ErrorCode::Protocol, "not a tracker message");
+            }
+        }
+        if let (Some(node), false) = (node, exiting) {
+            if let Some(sess) = self.sessions.get_mut(&session) {
+                sess.node.get_or_insert(node);
             }
         }
     }
@@ -202,18 +212,29 @@ impl TrackerState {
         };
         let addr = SocketAddr::new(peer_ip, port);
         if let Some(existing) = self.nodes.get_mut(name) {
-            if existing.session.is_some() {
-                refuse(
-                    out,
-                    session,
-                    ErrorCode::Refused,
-                    "node name already connected",
-                );
-                return;
+            if let Some(old) = existing.session {
+                // A node restarted before we saw its old connection drop comes from the same
+                // address: it takes its name back. From elsewhere, the name is taken.
+                let same_host = self
+                    .sessions
+                    .get(&old)
+                    .is_some_and(|s| s.peer_ip == peer_ip);
+                if !same_host {
+                    refuse(
+                        out,
+                        session,
+                        ErrorCode::Refused,
+                        "node name already connected",
+                    );
+                    return;
+                }
+                log::info!("node {name} reconnected; closing its old connection");
+                out.close(old);
             }
             // A reconnect within the grace period: the node keeps its entries.
             existing.session = Some(session);
             existing.expires = None;
+            self.expiring.remove(name);
             if existing.addr != addr {
                 existing.addr = addr;
                 let owned: Vec<String> = existing.owns.iter().cloned().collect();
@@ -254,21 +275,32 @@ impl TrackerState {
                 complete,
             } => self.have(now, session, node, name, info, complete, out),
             NodeToTracker::Need { name } => {
-                let watching = self.sessions.get(&session).map_or(0, |s| s.watching.len());
-                if watching >= self.limits.max_files_per_node {
-                    refuse(out, session, ErrorCode::Refused, "watching too many files");
-                    return;
+                // The common case, a repeated question, costs two lookups and no allocation.
+                let already = self
+                    .sessions
+                    .get(&session)
+                    .is_some_and(|s| s.watching.contains(name));
+                if !already {
+                    let watching = self.sessions.get(&session).map_or(0, |s| s.watching.len());
+                    if watching >= self.limits.max_files_per_node {
+                        refuse(out, session, ErrorCode::Refused, "watching too many files");
+                        return;
+                    }
+                    if !self.files.contains_key(name) && self.files.len() >= self.limits.max_files {
+                        send_owners(out, session, name, &[], &self.nodes);
+                        return;
+                    }
+                    self.files
+                        .entry(name.to_owned())
+                        .or_default()
+                        .watchers
+                        .insert(session);
+                    if let Some(s) = self.sessions.get_mut(&session) {
+                        s.watching.insert(name.to_owned());
+                    }
                 }
-                if !self.files.contains_key(name) && self.files.len() >= self.limits.max_files {
-                    send_owners(out, session, name, &[], &self.nodes);
-                    return;
-                }
-                let file = self.files.entry(name.to_owned()).or_default();
-                file.watchers.insert(session);
-                if let Some(s) = self.sessions.get_mut(&session) {
-                    s.watching.insert(name.to_owned());
-                }
-                send_owners(out, session, name, &file.owners, &self.nodes);
+                let owners = self.files.get(name).map_or(&[][..], |f| &f.owners[..]);
+                send_owners(out, session, name, owners, &self.nodes);
             }
             NodeToTracker::Unneed { name } => {
                 if let Some(file) = self.files.get_mut(name) {
@@ -376,6 +408,7 @@ impl TrackerState {
 
     /// Takes `node` off every owner list now.
     fn forget_node(&mut self, now: Instant, node: &str) {
+        self.expiring.remove(node);
         let Some(entry) = self.nodes.remove(node) else {
             return;
         };
@@ -439,7 +472,11 @@ impl TrackerState {
 
     /// When [`TrackerState::handle_timeout`] should next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let expiry = self.nodes.values().filter_map(|n| n.expires).min();
+        let expiry = self
+            .expiring
+            .iter()
+            .filter_map(|name| self.nodes.get(name)?.expires)
+            .min();
         match (expiry, self.notify_at) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -449,10 +486,14 @@ impl TrackerState {
     /// Expires nodes past their grace period and tells watchers of changed owner lists.
     pub fn handle_timeout(&mut self, now: Instant, out: &mut dyn Outbox) {
         let expired: Vec<String> = self
-            .nodes
+            .expiring
             .iter()
-            .filter(|(_, n)| n.expires.is_some_and(|t| t <= now))
-            .map(|(name, _)| name.clone())
+            .filter(|name| {
+                self.nodes
+                    .get(*name)
+                    .is_some_and(|n| n.expires.is_some_and(|t| t <= now))
+            })
+            .cloned()
             .collect();
         for node in expired {
             log::info!("node {node} did not come back: dropped from every owner list");
@@ -718,8 +759,20 @@ mod tests {
         assert_eq!(out.errors, vec![(1, "hello must come first".to_owned())]);
         assert_eq!(out.closed, vec![1]);
         join(&mut t, now, 2, "a", 4000, &mut out);
-        join(&mut t, now, 3, "a", 4001, &mut out);
+        // The same name from another host is refused...
+        t.connected(3, IpAddr::V4(Ipv4Addr::new(10, 0, 0, 8)));
+        let hello = Message::NodeToTracker(NodeToTracker::Hello {
+            node_name: "a",
+            listen_port: 4001,
+        });
+        t.handle(now, 3, &hello, &mut out);
         assert_eq!(out.errors[1], (3, "node name already connected".to_owned()));
+        // ...from the same host it is the node restarted: it takes the name, the old link closes.
+        have(&mut t, now, 2, "f", 1, &mut out);
+        join(&mut t, now, 4, "a", 4002, &mut out);
+        assert_eq!(out.errors.len(), 2);
+        assert_eq!(out.closed, vec![1, 2]);
+        assert_eq!(t.owners_of("f")[0].1, SocketAddr::new(IP, 4002));
     }
 
     #[test]
