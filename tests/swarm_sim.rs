@@ -568,3 +568,25 @@ proptest! {
         }
     }
 }
+
+/// Found by the property test: two liars were asked for the last piece (one in the endgame),
+/// both failed its hash, and the piece stayed marked in flight with nobody fetching it.
+#[test]
+fn a_piece_every_liar_failed_is_fetched_again_from_an_honest_owner() {
+    let start = Instant::now();
+    let pieces = 3;
+    let data = file(3 * PIECE as usize, 0);
+    let mut liars = [honest("o0", 1.0, pieces), honest("o1", 1.0, pieces)];
+    for liar in &mut liars {
+        liar.has = Bitfield::new(pieces);
+        liar.has.set(0);
+        liar.has.set(2);
+    }
+    liars[0].lies = [0, 1, 2].into_iter().collect();
+    liars[1].lies = [1, 2].into_iter().collect();
+    let [l0, l1] = liars;
+    let owners = vec![l0, l1, honest("o2", 1.0, pieces), honest("o3", 1.0, pieces)];
+    let mut net = Net::new(data, PIECE, owners, start);
+    let (outcome, _) = simulate(&mut net, config());
+    assert!(matches!(outcome, Outcome::Complete { .. }), "{outcome:?}");
+}

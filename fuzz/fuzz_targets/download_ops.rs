@@ -25,8 +25,7 @@
 //! - once due deadlines are handled, `poll_timeout()` is `None` or later than now.
 //!
 //! `SHOAL_FUZZ_TRACE=1` prints every step, notice, connect and disconnect (for
-//! triage); `SHOAL_FUZZ_KNOWN=empty-root` skips the one known finding (see
-//! `fuzz/README.md`) so a run can go on past it.
+//! triage).
 #![no_main]
 
 use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
@@ -66,21 +65,6 @@ const MAX_STORE: u64 = 8 << 20;
 fn tracing() -> bool {
     static TRACE: OnceLock<bool> = OnceLock::new();
     *TRACE.get_or_init(|| std::env::var_os("SHOAL_FUZZ_TRACE").is_some())
-}
-
-/// Whether `SHOAL_FUZZ_KNOWN` (comma-separated) names this known finding, to fuzz past it.
-fn known(finding: &str) -> bool {
-    static KNOWN: OnceLock<Vec<String>> = OnceLock::new();
-    KNOWN
-        .get_or_init(|| {
-            std::env::var("SHOAL_FUZZ_KNOWN")
-                .unwrap_or_default()
-                .split(',')
-                .map(str::to_owned)
-                .collect()
-        })
-        .iter()
-        .any(|k| k == finding)
 }
 
 /// Timeouts short enough for a few clock advances to reach every one of them.
@@ -1051,9 +1035,7 @@ impl Sim {
                     .map(|p| hash_piece(&store.bytes()[piece_range(layout, p)]))
                     .collect();
                 let verified = root_hash(layout, &hashes) == info.root;
-                if !verified && info.size == 0 && known("empty-root") {
-                    // Known finding (README): an empty version's root is never checked.
-                } else {
+                {
                     assert!(
                         verified,
                         "completed {info:?} with bytes whose root is not that version's"

@@ -135,29 +135,24 @@ impl<S: PartStore> Download<S> {
     }
 
     /// Fails the download when missing pieces have had no reachable owner for `no_source_timeout`.
+    /// Fails the download when nothing has arrived from any owner for `no_source_timeout`:
+    /// owners that connect but never deliver count as no owner at all.
     pub(super) fn check_sources(&mut self, now: Instant, io: &mut dyn PeerIo) {
-        let trying = self.peers.values().any(|p| p.phase != PeerPhase::Ready);
-        let missing_sources = match self.phase {
-            Phase::Hashes => !self.peers.values().any(|p| p.phase == PeerPhase::Ready),
-            Phase::Pieces => self.picker.as_ref().is_some_and(|p| p.unavailable() > 0),
-            _ => false,
-        };
-        if !missing_sources || trying {
-            self.starving_since = None;
+        if !matches!(self.phase, Phase::Hashes | Phase::Pieces) {
             return;
         }
-        let since = *self.starving_since.get_or_insert(now);
-        if now.saturating_duration_since(since) < self.config.no_source_timeout {
+        if now.saturating_duration_since(self.last_delivery) < self.config.no_source_timeout {
             return;
         }
+        let waited = self.config.no_source_timeout.as_secs_f64();
         let reason = match &self.picker {
             Some(picker) => format!(
-                "{}: {} of {} pieces missing and no reachable owner has them; verified pieces are kept for a resume",
+                "{}: {} of {} pieces missing and no owner delivered any for {waited:.0} s; verified pieces are kept for a resume",
                 self.name,
-                picker.unavailable(),
+                picker.missing(),
                 picker.have().len()
             ),
-            None => format!("{}: no reachable owner answered", self.name),
+            None => format!("{}: no reachable owner answered for {waited:.0} s", self.name),
         };
         self.fail(io, reason);
     }

@@ -195,7 +195,10 @@ pub struct Download<S> {
     verify_due: Option<Instant>,
     claimed: Vec<bool>,
     scratch: Vec<u8>,
+    /// Owners phase: since when the tracker has listed nobody.
     starving_since: Option<Instant>,
+    /// When data last arrived (hashes or piece bytes): the give-up clock.
+    last_delivery: Instant,
     next_tick: Instant,
     notices: VecDeque<Notice>,
     refetched_bytes: u64,
@@ -233,6 +236,7 @@ impl<S: PartStore> Download<S> {
             claimed: Vec::new(),
             scratch: Vec::new(),
             starving_since: None,
+            last_delivery: now,
             next_tick: now + TICK,
             notices: VecDeque::new(),
             refetched_bytes: 0,
@@ -365,7 +369,7 @@ impl<S: PartStore> Download<S> {
         }
         let owners: Vec<&Owner<'_>> = owners
             .iter()
-            .filter(|o| o.node_name != self.my_name)
+            .filter(|o| o.node_name != self.my_name && empty_root_holds(&o.info))
             .collect();
         if self.info.is_none() {
             if owners.is_empty() {
@@ -392,6 +396,7 @@ impl<S: PartStore> Download<S> {
             self.info = Some(info);
             self.phase = Phase::Hashes;
             self.starving_since = None;
+            self.last_delivery = now;
             if info.size == 0 {
                 self.hashes.clear();
                 self.phase = Phase::Store;
@@ -510,7 +515,6 @@ impl<S: PartStore> Download<S> {
                             }
                         }
                     }
-                    self.starving_since = None;
                     self.fill(now, io);
                 }
             }
@@ -565,7 +569,6 @@ impl<S: PartStore> Download<S> {
         if let Some(picker) = self.picker.as_mut() {
             picker.add_owner(&peer.has);
         }
-        self.starving_since = None;
         self.request_hashes(now, io);
         self.fill(now, io);
     }
@@ -638,6 +641,7 @@ impl<S: PartStore> Download<S> {
             self.hashes[index].copy_from_slice(hash);
             self.hashes_got[index] = true;
         }
+        self.last_delivery = now;
         if let Some(peer) = self.peers.get_mut(&slot) {
             peer.last_progress = now;
         }
@@ -710,8 +714,15 @@ fn choose_version(owners: &[&Owner<'_>]) -> FileInfo {
         entry.1 += usize::from(owner.complete);
     }
     let mut versions: Vec<(FileInfo, (usize, usize))> = counts.into_iter().collect();
-    versions.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.root.cmp(&b.0.root)));
+    let order = |i: &FileInfo| (i.root, i.size, i.piece_size);
+    versions.sort_by(|a, b| b.1.cmp(&a.1).then(order(&a.0).cmp(&order(&b.0))));
     versions[0].0
+}
+
+/// An empty file has no pieces to check later, so its root is checked now: an owner
+/// claiming size 0 under any other root is lying and is ignored.
+fn empty_root_holds(info: &FileInfo) -> bool {
+    info.size != 0 || info.root == storage::root_hash(layout_of(*info), &[])
 }
 
 fn layout_of(info: FileInfo) -> Layout {

@@ -85,6 +85,7 @@ impl<S: PartStore> Download<S> {
         };
         let len = data.len() as u32;
         self.fetched_bytes += u64::from(len);
+        self.last_delivery = now;
         let Some(pos) = peer
             .requests
             .iter()
@@ -110,8 +111,7 @@ impl<S: PartStore> Download<S> {
         if offset == 0 && len == piece_len {
             // The whole piece is in hand: check it before it touches the disk.
             if storage::hash_piece(data) != self.hashes[piece as usize] {
-                let why = format!("sent piece {piece} failing its hash");
-                self.ban(now, slot, &why, io);
+                self.reject_piece(now, slot, piece, io);
                 return;
             }
             if let Err(e) = store.write_at(at, data) {
@@ -146,8 +146,7 @@ impl<S: PartStore> Download<S> {
             ) {
                 Ok(hash) if hash == self.hashes[piece as usize] => {}
                 Ok(_) => {
-                    let why = format!("sent piece {piece} failing its hash");
-                    self.ban(now, slot, &why, io);
+                    self.reject_piece(now, slot, piece, io);
                     return;
                 }
                 Err(e) => {
@@ -157,6 +156,23 @@ impl<S: PartStore> Download<S> {
             }
         }
         self.piece_verified(now, slot, piece, io);
+    }
+
+    /// `slot` sent `piece` failing its hash: the piece goes back in the queue (its last
+    /// request is already answered, so dropping the owner alone would not release it),
+    /// and the owner is banned.
+    pub(super) fn reject_piece(
+        &mut self,
+        now: Instant,
+        slot: SlotId,
+        piece: u32,
+        io: &mut dyn PeerIo,
+    ) {
+        if let Some(picker) = self.picker.as_mut() {
+            picker.release(piece);
+        }
+        let why = format!("sent piece {piece} failing its hash");
+        self.ban(now, slot, &why, io);
     }
 
     pub(super) fn piece_verified(
