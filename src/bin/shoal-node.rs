@@ -41,7 +41,7 @@ struct Args {
     /// Piece size for files this node publishes first (16K to 64M).
     #[arg(long, default_value = "1M", value_parser = parse_size)]
     piece_size: u64,
-    /// Seconds a download waits while missing pieces have no reachable owner before it fails.
+    /// Seconds a download may go without any owner delivering anything before it fails (verified pieces are kept).
     #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
     give_up_after: f64,
     /// Exit once every --download has finished (non-zero status if any failed).

@@ -101,7 +101,7 @@ pub struct DownloadConfig {
     pub first_byte_timeout: Duration,
     /// Shortest stall timeout for an owner with a measured rate.
     pub min_stall_timeout: Duration,
-    /// How long missing pieces may have no reachable owner before the download fails.
+    /// How long a download may go without any owner delivering before it fails.
     pub no_source_timeout: Duration,
     /// How long to wait for a first owner when the tracker knows none (it tells us when one appears).
     pub owner_wait: Duration,
