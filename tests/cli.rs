@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{list_dir, put_file, random_bytes, tempdir, Node, Tracker};
+use common::{list_dir, node_args, put_file, random_bytes, start_owner, tempdir, Node, Tracker};
 
 /// `upload` of a file that is not in the folder: one clear error line naming
 /// the file, and the node goes on serving (commands answer, a later upload works).
@@ -41,12 +41,7 @@ fn upload_of_missing_file_is_reported_and_node_goes_on() {
 fn download_of_unowned_file_fails_with_nonzero_exit() {
     let tracker = Tracker::start();
     let dir = tempdir();
-    let mut node = Node::start(
-        "seeker",
-        &tracker,
-        dir.path(),
-        &["--download", "ghost", "--exit-when-done"],
-    );
+    let mut node = Node::start_download("seeker", &tracker, dir.path(), "ghost");
     let status = node.proc.wait_exit();
     assert!(
         !status.success(),
@@ -76,10 +71,7 @@ fn path_tricks_are_refused() {
     let tracker = Tracker::start();
     // An owner that really has a file called `passwd`, so a download that
     // slipped through would have something to write.
-    let owner_dir = tempdir();
-    put_file(owner_dir.path(), "passwd", &random_bytes(10_000));
-    let owner = Node::start("owner", &tracker, owner_dir.path(), &["--upload", "passwd"]);
-    owner.wait_sharing("passwd");
+    let (_owner, _owner_dir) = start_owner(&tracker, "owner", "passwd", &random_bytes(10_000), &[]);
     tracker.wait_owners("passwd", &["owner"]);
 
     let outer = tempdir();
@@ -117,12 +109,7 @@ fn path_tricks_are_refused() {
     // The same from the command line.
     let dir2 = outer.path().join("node2");
     std::fs::create_dir(&dir2).unwrap();
-    let mut cli = Node::start(
-        "victim2",
-        &tracker,
-        &dir2,
-        &["--download", "../passwd", "--exit-when-done"],
-    );
+    let mut cli = Node::start_download("victim2", &tracker, &dir2, "../passwd");
     let status = cli.proc.wait_exit();
     assert!(
         cli.proc
@@ -141,10 +128,8 @@ fn path_tricks_are_refused() {
 #[test]
 fn status_and_help() {
     let tracker = Tracker::start();
-    let dir = tempdir();
-    put_file(dir.path(), "shown.bin", &random_bytes(100_000));
-    let mut node = Node::start("talker", &tracker, dir.path(), &["--upload", "shown.bin"]);
-    node.wait_sharing("shown.bin");
+    let (mut node, _dir) =
+        start_owner(&tracker, "talker", "shown.bin", &random_bytes(100_000), &[]);
     tracker.wait_owners("shown.bin", &["talker"]);
 
     let mark = node.proc.stdout_mark();
@@ -186,21 +171,13 @@ fn status_and_help() {
 fn end_of_input_keeps_serving_and_sigterm_leaves_cleanly() {
     let tracker = Tracker::start();
     let data = random_bytes(150_000);
-    let dir = tempdir();
-    put_file(dir.path(), "e.bin", &data);
-    let mut node = Node::start("quiet", &tracker, dir.path(), &["--upload", "e.bin"]);
-    node.wait_sharing("e.bin");
+    let (mut node, _dir) = start_owner(&tracker, "quiet", "e.bin", &data, &[]);
     tracker.wait_owners("e.bin", &["quiet"]);
     node.proc.close_stdin();
 
     // Still serving after end of input: a download from it works.
     let down_dir = tempdir();
-    let mut down = Node::start(
-        "reader",
-        &tracker,
-        down_dir.path(),
-        &["--download", "e.bin", "--exit-when-done"],
-    );
+    let mut down = Node::start_download("reader", &tracker, down_dir.path(), "e.bin");
     assert!(down.proc.wait_exit().success(), "{}", down.proc.dump());
     common::assert_same_file(down_dir.path(), "e.bin", &data);
     assert!(node.proc.is_running(), "{}", node.proc.dump());
@@ -226,16 +203,7 @@ fn unusable_node_name_is_refused_at_start() {
         let mut proc = common::Proc::spawn(
             "bad-name node",
             common::NODE,
-            &[
-                "-n".into(),
-                name.into(),
-                "-p".into(),
-                "0".into(),
-                "--tracker".into(),
-                tracker.addr.clone(),
-                "--dir".into(),
-                dir.path().display().to_string(),
-            ],
+            &node_args(name, &tracker.addr, dir.path()),
         );
         let status = proc.wait_exit();
         assert!(!status.success(), "{name:?}: {status:?}\n{}", proc.dump());

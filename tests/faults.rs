@@ -20,7 +20,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{
-    assert_same_file, list_dir, owner_list, put_file, random_bytes, tempdir, Node, Tracker,
+    assert_no_temporaries, assert_same_file, download_and_exit, list_dir, number_after, owner_list,
+    put_file, random_bytes, seconds_of, start_owner, tempdir, wait_partial, Node, Tracker,
 };
 use shoal::storage::{hash_piece, root_hash, Hash, Layout};
 use shoal::wire::{
@@ -59,42 +60,6 @@ fn bytes_by_owner(node: &Node, file: &str) -> Vec<(String, u64)> {
         .collect()
 }
 
-/// The number after `word ` in `line` (e.g. `fetched 123 bytes`).
-fn number_after(line: &str, word: &str) -> u64 {
-    let tag = format!("{word} ");
-    let at = line
-        .find(&tag)
-        .unwrap_or_else(|| panic!("no {word:?} in {line}"));
-    line[at + tag.len()..]
-        .split(|c: char| !c.is_ascii_digit() && c != '.')
-        .next()
-        .and_then(|n| n.parse::<f64>().ok())
-        .unwrap_or_else(|| panic!("no number after {word:?} in {line}")) as u64
-}
-
-/// Seconds of a `downloaded F (N bytes in T s, ...)` line.
-fn seconds_of(downloaded: &str) -> f64 {
-    let at = downloaded.find(" bytes in ").expect(downloaded) + " bytes in ".len();
-    downloaded[at..]
-        .split(' ')
-        .next()
-        .and_then(|t| t.parse().ok())
-        .expect(downloaded)
-}
-
-/// No temporary download files (`.NAME.*.shoal-part`, `.shoal-state`) left.
-fn assert_no_temporaries(dir: &Path) {
-    let hidden: Vec<String> = list_dir(dir)
-        .into_iter()
-        .filter(|n| n.starts_with('.'))
-        .collect();
-    assert!(
-        hidden.is_empty(),
-        "{}: left behind {hidden:?}",
-        dir.display()
-    );
-}
-
 /// Asserts no line of `node`'s log says it dropped owner `name`.
 fn assert_never_dropped(node: &Node, file: &str, name: &str) {
     let tag = format!("{file}: dropping owner {name} at ");
@@ -108,23 +73,6 @@ fn assert_never_dropped(node: &Node, file: &str, name: &str) {
 }
 
 // ---- owners ----------------------------------------------------------------------------
-
-/// Starts a real owner of `file` holding `data`, with extra arguments; waits until it shares it.
-fn real_owner(
-    tracker: &Tracker,
-    name: &str,
-    file: &str,
-    data: &[u8],
-    extra: &[&str],
-) -> (Node, tempfile::TempDir) {
-    let dir = tempdir();
-    put_file(dir.path(), file, data);
-    let mut args = vec!["--upload", file];
-    args.extend_from_slice(extra);
-    let node = Node::start(name, tracker, dir.path(), &args);
-    node.wait_sharing(file);
-    (node, dir)
-}
 
 /// A file as a fake owner serves it.
 struct FakeFile {
@@ -382,15 +330,6 @@ fn answer(
     }
 }
 
-/// Waits until the tracker lists `name` among the owners of `file` as a partial owner.
-fn wait_partial(tracker: &Tracker, mark: usize, file: &str, name: &str) {
-    tracker.proc.wait_stderr_from(mark, |l| {
-        l.contains(&format!("{name}@"))
-            && l.contains("(partial)")
-            && owner_list(l, file).is_some_and(|o| o.iter().any(|n| n == name))
-    });
-}
-
 // ---- the tests -------------------------------------------------------------------------
 
 /// Two owners at 2 MiB/s each; one is SIGKILLed once the downloader holds a
@@ -399,14 +338,14 @@ fn wait_partial(tracker: &Tracker, mark: usize, file: &str, name: &str) {
 fn owner_killed_mid_transfer_two_rate_limited_owners() {
     let tracker = Tracker::start();
     let data = random_bytes(8 * MIB);
-    let (mut dies, _d1) = real_owner(
+    let (mut dies, _d1) = start_owner(
         &tracker,
         "dies",
         "k.bin",
         &data,
         &["--max-upload-rate", "2M"],
     );
-    let (_lives, _d2) = real_owner(
+    let (_lives, _d2) = start_owner(
         &tracker,
         "lives",
         "k.bin",
@@ -417,12 +356,7 @@ fn owner_killed_mid_transfer_two_rate_limited_owners() {
 
     let dir = tempdir();
     let mark = tracker.proc.stderr_mark();
-    let mut down = Node::start(
-        "fetcher",
-        &tracker,
-        dir.path(),
-        &["--download", "k.bin", "--exit-when-done"],
-    );
+    let mut down = Node::start_download("fetcher", &tracker, dir.path(), "k.bin");
     wait_partial(&tracker, mark, "k.bin", "fetcher");
     dies.proc.kill9();
     let killed = Instant::now();
@@ -475,15 +409,7 @@ fn two_partial_owners_with_different_halves() {
     let listed = tracker.wait_owners("h.bin", &["front", "back"]);
     assert_eq!(listed.matches("(partial)").count(), 2, "{listed}");
 
-    let dir = tempdir();
-    let mut down = Node::start(
-        "whole",
-        &tracker,
-        dir.path(),
-        &["--download", "h.bin", "--exit-when-done"],
-    );
-    let status = down.proc.wait_exit();
-    assert!(status.success(), "{status:?}\n{}", down.proc.dump());
+    let (down, dir) = download_and_exit(&tracker, "whole", "h.bin");
     assert_same_file(dir.path(), "h.bin", &data);
     assert_no_temporaries(dir.path());
 
@@ -507,7 +433,7 @@ fn two_partial_owners_with_different_halves() {
 fn corrupting_owner_is_dropped_honest_owner_kept() {
     let tracker = Tracker::start();
     let data = random_bytes(4 * MIB);
-    let (_honest, _dir) = real_owner(
+    let (_honest, _dir) = start_owner(
         &tracker,
         "honest",
         "c.bin",
@@ -530,15 +456,7 @@ fn corrupting_owner_is_dropped_honest_owner_kept() {
     let roots: Vec<&str> = listed.split(" root ").skip(1).map(|r| &r[..8]).collect();
     assert_eq!(roots[0], roots[1], "{listed}");
 
-    let dir = tempdir();
-    let mut down = Node::start(
-        "careful",
-        &tracker,
-        dir.path(),
-        &["--download", "c.bin", "--exit-when-done"],
-    );
-    let status = down.proc.wait_exit();
-    assert!(status.success(), "{status:?}\n{}", down.proc.dump());
+    let (down, dir) = download_and_exit(&tracker, "careful", "c.bin");
     assert_same_file(dir.path(), "c.bin", &data);
     assert_no_temporaries(dir.path());
 
@@ -563,7 +481,7 @@ fn corrupting_owner_is_dropped_honest_owner_kept() {
 fn downloader_killed_and_resumed() {
     let tracker = Tracker::start();
     let data = random_bytes(8 * MIB);
-    let (_owner, _odir) = real_owner(
+    let (_owner, _odir) = start_owner(
         &tracker,
         "source",
         "r.bin",
@@ -589,12 +507,7 @@ fn downloader_killed_and_resumed() {
         "no temporary file left to resume from: {left:?}"
     );
 
-    let mut second = Node::start(
-        "phoenix",
-        &tracker,
-        dir.path(),
-        &["--download", "r.bin", "--exit-when-done"],
-    );
+    let mut second = Node::start_download("phoenix", &tracker, dir.path(), "r.bin");
     let resuming = second
         .proc
         .wait_stderr(|l| l.contains("r.bin: resuming with "));
@@ -624,7 +537,7 @@ fn tracker_killed_mid_transfer_and_restarted() {
     let mut tracker = Tracker::start();
     let addr = tracker.addr.clone();
     let data = random_bytes(8 * MIB);
-    let (owner, _odir) = real_owner(
+    let (owner, _odir) = start_owner(
         &tracker,
         "keeper",
         "t.bin",
@@ -635,12 +548,7 @@ fn tracker_killed_mid_transfer_and_restarted() {
 
     let dir = tempdir();
     let mark = tracker.proc.stderr_mark();
-    let mut down = Node::start(
-        "patient",
-        &tracker,
-        dir.path(),
-        &["--download", "t.bin", "--exit-when-done"],
-    );
+    let mut down = Node::start_download("patient", &tracker, dir.path(), "t.bin");
     wait_partial(&tracker, mark, "t.bin", "patient");
     let (owner_mark, down_mark) = (owner.proc.stderr_mark(), down.proc.stderr_mark());
     tracker.proc.kill9();
@@ -679,7 +587,7 @@ fn tracker_killed_mid_transfer_and_restarted() {
 fn alone_then_pair(size: usize, rate: &str) -> (f64, f64) {
     let tracker = Tracker::start();
     let data = random_bytes(size);
-    let (_owner, _odir) = real_owner(
+    let (_owner, _odir) = start_owner(
         &tracker,
         "seed",
         "p.bin",
@@ -708,14 +616,7 @@ fn alone_then_pair(size: usize, rate: &str) -> (f64, f64) {
     let mut pair: Vec<Node> = ["left", "right"]
         .iter()
         .zip(&dirs)
-        .map(|(name, dir)| {
-            Node::start(
-                name,
-                &tracker,
-                dir.path(),
-                &["--download", "p.bin", "--exit-when-done"],
-            )
-        })
+        .map(|(name, dir)| Node::start_download(name, &tracker, dir.path(), "p.bin"))
         .collect();
     let mut pair_secs: f64 = 0.0;
     for (node, dir) in pair.iter_mut().zip(&dirs) {
@@ -793,15 +694,7 @@ fn swarm_of_32(file: &str) -> (Vec<(String, u64)>, String, Node) {
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     tracker.wait_owners(file, &refs);
 
-    let dir = tempdir();
-    let mut down = Node::start(
-        "many",
-        &tracker,
-        dir.path(),
-        &["--download", file, "--exit-when-done"],
-    );
-    let status = down.proc.wait_exit();
-    assert!(status.success(), "{status:?}\n{}", down.proc.dump());
+    let (down, dir) = download_and_exit(&tracker, "many", file);
     assert_same_file(dir.path(), file, &data);
     assert_no_temporaries(dir.path());
     let done = down.wait_downloaded(file);
@@ -892,7 +785,7 @@ fn disk_full_mid_download() {
     };
     let tracker = Tracker::start();
     let data = random_bytes(8 * MIB);
-    let (_owner, _odir) = real_owner(&tracker, "big", "full.bin", &data, &[]);
+    let (_owner, _odir) = start_owner(&tracker, "big", "full.bin", &data, &[]);
     tracker.wait_owners("full.bin", &["big"]);
     // Something small the downloader shares from the same (small) disk.
     let small = random_bytes(100_000);
@@ -927,15 +820,7 @@ fn disk_full_mid_download() {
         .wait_stdout_from(mark, |l| l.starts_with("node cramped at port "));
     assert!(down.proc.is_running(), "{}", down.proc.dump());
     // ...and still serving.
-    let other_dir = tempdir();
-    let mut other = Node::start(
-        "roomy",
-        &tracker,
-        other_dir.path(),
-        &["--download", "small.bin", "--exit-when-done"],
-    );
-    let status = other.proc.wait_exit();
-    assert!(status.success(), "{status:?}\n{}", other.proc.dump());
+    let (_other, other_dir) = download_and_exit(&tracker, "roomy", "small.bin");
     assert_same_file(other_dir.path(), "small.bin", &small);
     assert!(down.proc.is_running(), "{}", down.proc.dump());
     drop(down);

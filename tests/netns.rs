@@ -7,7 +7,11 @@ mod common;
 
 use std::process::Command;
 
-use common::{assert_same_file, owner_list, put_file, random_bytes, tempdir, Proc, NODE, TRACKER};
+use std::path::Path;
+
+use common::{
+    assert_same_file, node_args, owner_list, put_file, random_bytes, tempdir, Proc, NODE, TRACKER,
+};
 
 /// Runs `ip args...`; Err with its stderr when it fails.
 fn ip(args: &[&str]) -> Result<(), String> {
@@ -89,6 +93,22 @@ fn spawn_in(ns: &str, label: &str, program: &str, args: &[&str]) -> Proc {
     Proc::spawn(label, "ip", &all)
 }
 
+/// `shoal-node -n NAME -p 0 --tracker TRACKER --dir DIR --listen-host HOST extra...` in `ns`.
+fn spawn_node_in(
+    ns: &str,
+    name: &str,
+    tracker: &str,
+    dir: &Path,
+    host: &str,
+    extra: &[&str],
+) -> Proc {
+    let mut args = node_args(name, tracker, dir);
+    args.extend(["--listen-host".to_string(), host.to_string()]);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    spawn_in(ns, &format!("node {name}"), NODE, &args)
+}
+
 /// A download across three namespaces, the owner behind a 50 mbit token
 /// bucket: the file arrives intact and the tracker lists the owner at its
 /// LAN address, not at loopback.
@@ -122,25 +142,13 @@ fn download_across_namespaces() {
     let data = random_bytes(4 << 20);
     let odir = tempdir();
     put_file(odir.path(), "lan.bin", &data);
-    let odir_s = odir.path().display().to_string();
-    let owner = spawn_in(
+    let owner = spawn_node_in(
         ons,
-        "node owner",
-        NODE,
-        &[
-            "-n",
-            "owner",
-            "-p",
-            "0",
-            "--tracker",
-            tracker_addr,
-            "--dir",
-            &odir_s,
-            "--listen-host",
-            "10.77.0.2",
-            "--upload",
-            "lan.bin",
-        ],
+        "owner",
+        tracker_addr,
+        odir.path(),
+        "10.77.0.2",
+        &["--upload", "lan.bin"],
     );
     owner.wait_stdout(|l| l.starts_with("sharing lan.bin ("));
     let listed = tracker.wait_stderr(|l| {
@@ -149,26 +157,13 @@ fn download_across_namespaces() {
     eprintln!("{listed}");
 
     let ddir = tempdir();
-    let ddir_s = ddir.path().display().to_string();
-    let mut down = spawn_in(
+    let mut down = spawn_node_in(
         dns,
-        "node fetcher",
-        NODE,
-        &[
-            "-n",
-            "fetcher",
-            "-p",
-            "0",
-            "--tracker",
-            tracker_addr,
-            "--dir",
-            &ddir_s,
-            "--listen-host",
-            "10.77.0.3",
-            "--download",
-            "lan.bin",
-            "--exit-when-done",
-        ],
+        "fetcher",
+        tracker_addr,
+        ddir.path(),
+        "10.77.0.3",
+        &["--download", "lan.bin", "--exit-when-done"],
     );
     let status = down.wait_exit();
     assert!(status.success(), "{status:?}\n{}", down.dump());

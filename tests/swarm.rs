@@ -6,24 +6,11 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
 
 use common::{
-    assert_same_file, list_dir, owner_list, put_file, random_bytes, tempdir, Node, Tracker,
+    assert_no_temporaries, assert_same_file, download_and_exit, list_dir, owner_list, put_file,
+    random_bytes, start_owner, tempdir, wait_partial, Node, Tracker,
 };
-
-/// No temporary download files (`.NAME.*.shoal-part`, `.shoal-state`) left.
-fn assert_no_temporaries(dir: &Path) {
-    let hidden: Vec<String> = list_dir(dir)
-        .into_iter()
-        .filter(|n| n.starts_with('.'))
-        .collect();
-    assert!(
-        hidden.is_empty(),
-        "{}: left behind {hidden:?}",
-        dir.display()
-    );
-}
 
 /// The heritage flow with the heritage commands: three owners, one downloader,
 /// byte-identical result, then `torrent exit` ends the downloader with status 0.
@@ -74,16 +61,13 @@ fn two_downloads_at_once() {
         ("b1", "b.bin", &b),
         ("b2", "b.bin", &b),
     ] {
-        let dir = tempdir();
-        put_file(dir.path(), file, data);
-        let owner = Node::start(
-            name,
+        keep.push(start_owner(
             &tracker,
-            dir.path(),
-            &["--upload", file, "--piece-size", "16K"],
-        );
-        owner.wait_sharing(file);
-        keep.push((owner, dir));
+            name,
+            file,
+            data,
+            &["--piece-size", "16K"],
+        ));
     }
     tracker.wait_owners("a.bin", &["a1", "a2"]);
     tracker.wait_owners("b.bin", &["b1", "b2"]);
@@ -117,23 +101,7 @@ fn exit_leaves_every_owner_list() {
     let tracker = Tracker::start();
     let one = random_bytes(50_000);
     let two = random_bytes(70_000);
-    let mut nodes = Vec::new();
-    for name in ["leaver", "keeper"] {
-        let dir = tempdir();
-        put_file(dir.path(), "one.bin", &one);
-        put_file(dir.path(), "two.bin", &two);
-        let node = Node::start(
-            name,
-            &tracker,
-            dir.path(),
-            &["--upload", "one.bin", "--upload", "two.bin"],
-        );
-        node.wait_sharing("one.bin");
-        node.wait_sharing("two.bin");
-        nodes.push((node, dir));
-    }
-    tracker.wait_owners("one.bin", &["leaver", "keeper"]);
-    tracker.wait_owners("two.bin", &["leaver", "keeper"]);
+    let mut nodes = owners_of_one_and_two(&tracker, ["leaver", "keeper"], &one, &two);
 
     let mark = tracker.proc.stderr_mark();
     let leaver = &mut nodes[0].0;
@@ -147,16 +115,36 @@ fn exit_leaves_every_owner_list() {
     assert!(status.success(), "{status:?}\n{}", leaver.proc.dump());
 
     // The file is still served by the one who stayed.
-    let dir = tempdir();
-    let mut down = Node::start(
-        "late",
-        &tracker,
-        dir.path(),
-        &["--download", "two.bin", "--exit-when-done"],
-    );
-    let status = down.proc.wait_exit();
-    assert!(status.success(), "{status:?}\n{}", down.proc.dump());
+    let (_down, dir) = download_and_exit(&tracker, "late", "two.bin");
     assert_same_file(dir.path(), "two.bin", &two);
+}
+
+/// Starts `names` each sharing `one.bin` and `two.bin` (in its own folder) and waits until the
+/// tracker lists them all as owners of both.
+fn owners_of_one_and_two(
+    tracker: &Tracker,
+    names: [&str; 2],
+    one: &[u8],
+    two: &[u8],
+) -> Vec<(Node, tempfile::TempDir)> {
+    let mut nodes = Vec::new();
+    for name in names {
+        let dir = tempdir();
+        put_file(dir.path(), "one.bin", one);
+        put_file(dir.path(), "two.bin", two);
+        let node = Node::start(
+            name,
+            tracker,
+            dir.path(),
+            &["--upload", "one.bin", "--upload", "two.bin"],
+        );
+        node.wait_sharing("one.bin");
+        node.wait_sharing("two.bin");
+        nodes.push((node, dir));
+    }
+    tracker.wait_owners("one.bin", &names);
+    tracker.wait_owners("two.bin", &names);
+    nodes
 }
 
 /// An owner killed with SIGKILL (no goodbye) is dropped from every owner
@@ -166,23 +154,7 @@ fn vanished_node_is_dropped_after_grace() {
     let tracker = Tracker::start_with(&["--grace", "0.5"]);
     let one = random_bytes(40_000);
     let two = random_bytes(30_000);
-    let mut nodes = Vec::new();
-    for name in ["ghostly", "steady"] {
-        let dir = tempdir();
-        put_file(dir.path(), "one.bin", &one);
-        put_file(dir.path(), "two.bin", &two);
-        let node = Node::start(
-            name,
-            &tracker,
-            dir.path(),
-            &["--upload", "one.bin", "--upload", "two.bin"],
-        );
-        node.wait_sharing("one.bin");
-        node.wait_sharing("two.bin");
-        nodes.push((node, dir));
-    }
-    tracker.wait_owners("one.bin", &["ghostly", "steady"]);
-    tracker.wait_owners("two.bin", &["ghostly", "steady"]);
+    let mut nodes = owners_of_one_and_two(&tracker, ["ghostly", "steady"], &one, &two);
 
     let mark = tracker.proc.stderr_mark();
     nodes[0].0.proc.kill9();
@@ -201,15 +173,7 @@ fn vanished_node_is_dropped_after_grace() {
     );
 
     // Downloads now go to the survivor only, and work.
-    let dir = tempdir();
-    let mut down = Node::start(
-        "after",
-        &tracker,
-        dir.path(),
-        &["--download", "one.bin", "--exit-when-done"],
-    );
-    let status = down.proc.wait_exit();
-    assert!(status.success(), "{status:?}\n{}", down.proc.dump());
+    let (_down, dir) = download_and_exit(&tracker, "after", "one.bin");
     assert_same_file(dir.path(), "one.bin", &one);
 }
 
@@ -269,15 +233,8 @@ fn garbages() -> Vec<(&'static str, Vec<u8>)> {
 fn garbage_on_every_port() {
     let tracker = Tracker::start();
     let data = random_bytes(1024 * 1024 + 7);
-    let owner_dir = tempdir();
-    put_file(owner_dir.path(), "g.bin", &data);
-    let owner = Node::start(
-        "target",
-        &tracker,
-        owner_dir.path(),
-        &["--upload", "g.bin", "--piece-size", "64K"],
-    );
-    owner.wait_sharing("g.bin");
+    let (owner, _owner_dir) =
+        start_owner(&tracker, "target", "g.bin", &data, &["--piece-size", "64K"]);
     tracker.wait_owners("g.bin", &["target"]);
 
     for (what, bytes) in garbages() {
@@ -305,12 +262,7 @@ fn garbage_on_every_port() {
     // Everyone still serving: the tracker still lists the owner, and a
     // download through that tracker from that owner works.
     let dir = tempdir();
-    let mut down = Node::start(
-        "honest",
-        &tracker,
-        dir.path(),
-        &["--download", "g.bin", "--exit-when-done"],
-    );
+    let mut down = Node::start_download("honest", &tracker, dir.path(), "g.bin");
     let status = down.proc.wait_exit();
     assert!(
         status.success(),
@@ -351,15 +303,7 @@ fn eight_owners_small_pieces() {
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     tracker.wait_owners("big.bin", &refs);
 
-    let dir = tempdir();
-    let mut down = Node::start(
-        "many",
-        &tracker,
-        dir.path(),
-        &["--download", "big.bin", "--exit-when-done"],
-    );
-    let status = down.proc.wait_exit();
-    assert!(status.success(), "{status:?}\n{}", down.proc.dump());
+    let (down, dir) = download_and_exit(&tracker, "many", "big.bin");
     down.wait_downloaded("big.bin");
     assert_same_file(dir.path(), "big.bin", &data);
     assert_no_temporaries(dir.path());
@@ -376,42 +320,24 @@ fn owner_killed_mid_transfer() {
     let data = random_bytes(2 * 1024 * 1024);
     let mut owners = Vec::new();
     for name in ["dies", "lives"] {
-        let dir = tempdir();
-        put_file(dir.path(), "m.bin", &data);
         // Slow owners (512 KiB/s each) so the transfer is still running
         // when one of them is killed.
-        let owner = Node::start(
-            name,
+        owners.push(start_owner(
             &tracker,
-            dir.path(),
-            &[
-                "--upload",
-                "m.bin",
-                "--piece-size",
-                "64K",
-                "--max-upload-rate",
-                "512K",
-            ],
-        );
-        owner.wait_sharing("m.bin");
-        owners.push((owner, dir));
+            name,
+            "m.bin",
+            &data,
+            &["--piece-size", "64K", "--max-upload-rate", "512K"],
+        ));
     }
     tracker.wait_owners("m.bin", &["dies", "lives"]);
 
     let dir = tempdir();
     let mark = tracker.proc.stderr_mark();
-    let mut down = Node::start(
-        "fetcher",
-        &tracker,
-        dir.path(),
-        &["--download", "m.bin", "--exit-when-done"],
-    );
+    let mut down = Node::start_download("fetcher", &tracker, dir.path(), "m.bin");
     // The downloader holds some pieces (the tracker lists it as partial
     // owner; the two owners are complete).
-    tracker.proc.wait_stderr_from(mark, |l| {
-        owner_list(l, "m.bin").is_some_and(|o| o.contains(&"fetcher".to_string()))
-            && l.contains("(partial)")
-    });
+    wait_partial(&tracker, mark, "m.bin", "fetcher");
     owners[0].0.proc.kill9();
     assert!(
         !down
@@ -435,10 +361,7 @@ fn tracker_restart() {
     let first = Tracker::start();
     let addr = first.addr.clone();
     let data = random_bytes(300_000);
-    let owner_dir = tempdir();
-    put_file(owner_dir.path(), "r.bin", &data);
-    let owner = Node::start("stays", &first, owner_dir.path(), &["--upload", "r.bin"]);
-    owner.wait_sharing("r.bin");
+    let (_owner, _owner_dir) = start_owner(&first, "stays", "r.bin", &data, &[]);
     first.wait_owners("r.bin", &["stays"]);
     let mut first = first;
     first.proc.kill9();
@@ -447,15 +370,7 @@ fn tracker_restart() {
     assert_eq!(second.addr, addr);
     second.wait_owners("r.bin", &["stays"]);
 
-    let dir = tempdir();
-    let mut down = Node::start(
-        "fresh",
-        &second,
-        dir.path(),
-        &["--download", "r.bin", "--exit-when-done"],
-    );
-    let status = down.proc.wait_exit();
-    assert!(status.success(), "{status:?}\n{}", down.proc.dump());
+    let (_down, dir) = download_and_exit(&second, "fresh", "r.bin");
     assert_same_file(dir.path(), "r.bin", &data);
 }
 
@@ -465,15 +380,8 @@ fn tracker_restart() {
 fn downloader_serves_what_it_got() {
     let tracker = Tracker::start();
     let data = random_bytes(1024 * 1024 + 99);
-    let seed_dir = tempdir();
-    put_file(seed_dir.path(), "s.bin", &data);
-    let mut seed = Node::start(
-        "seed",
-        &tracker,
-        seed_dir.path(),
-        &["--upload", "s.bin", "--piece-size", "16K"],
-    );
-    seed.wait_sharing("s.bin");
+    let (mut seed, _seed_dir) =
+        start_owner(&tracker, "seed", "s.bin", &data, &["--piece-size", "16K"]);
     tracker.wait_owners("s.bin", &["seed"]);
 
     let relay_dir = tempdir();
@@ -500,15 +408,7 @@ fn downloader_serves_what_it_got() {
         .unwrap();
     assert!(!line.contains("partial"), "{line}");
 
-    let dir = tempdir();
-    let mut down = Node::start(
-        "second",
-        &tracker,
-        dir.path(),
-        &["--download", "s.bin", "--exit-when-done"],
-    );
-    let status = down.proc.wait_exit();
-    assert!(status.success(), "{status:?}\n{}", down.proc.dump());
+    let (_down, dir) = download_and_exit(&tracker, "second", "s.bin");
     assert_same_file(dir.path(), "s.bin", &data);
 }
 
@@ -519,31 +419,19 @@ fn downloader_serves_what_it_got() {
 fn interrupted_download_resumes() {
     let tracker = Tracker::start();
     let data = random_bytes(2 * 1024 * 1024);
-    let owner_dir = tempdir();
-    put_file(owner_dir.path(), "i.bin", &data);
-    let owner = Node::start(
-        "slow",
+    let (_owner, _owner_dir) = start_owner(
         &tracker,
-        owner_dir.path(),
-        &[
-            "--upload",
-            "i.bin",
-            "--piece-size",
-            "16K",
-            "--max-upload-rate",
-            "512K",
-        ],
+        "slow",
+        "i.bin",
+        &data,
+        &["--piece-size", "16K", "--max-upload-rate", "512K"],
     );
-    owner.wait_sharing("i.bin");
     tracker.wait_owners("i.bin", &["slow"]);
 
     let dir = tempdir();
     let mark = tracker.proc.stderr_mark();
     let mut first = Node::start("patient", &tracker, dir.path(), &["--download", "i.bin"]);
-    tracker.proc.wait_stderr_from(mark, |l| {
-        owner_list(l, "i.bin").is_some_and(|o| o.contains(&"patient".to_string()))
-            && l.contains("(partial)")
-    });
+    wait_partial(&tracker, mark, "i.bin", "patient");
     first.proc.kill9();
     assert!(
         !first
@@ -564,12 +452,7 @@ fn interrupted_download_resumes() {
         "{temporaries:?}"
     );
 
-    let mut again = Node::start(
-        "patient",
-        &tracker,
-        dir.path(),
-        &["--download", "i.bin", "--exit-when-done"],
-    );
+    let mut again = Node::start_download("patient", &tracker, dir.path(), "i.bin");
     let status = again.proc.wait_exit();
     assert!(status.success(), "{status:?}\n{}", again.proc.dump());
     assert!(
@@ -594,28 +477,17 @@ fn same_name_different_contents_never_mixed() {
     let b = random_bytes(512 * 1024);
     let mut keep = Vec::new();
     for (name, data) in [("va", &a), ("vb", &b)] {
-        let dir = tempdir();
-        put_file(dir.path(), "dup.bin", data);
-        let owner = Node::start(
-            name,
+        keep.push(start_owner(
             &tracker,
-            dir.path(),
-            &["--upload", "dup.bin", "--piece-size", "16K"],
-        );
-        owner.wait_sharing("dup.bin");
-        keep.push((owner, dir));
+            name,
+            "dup.bin",
+            data,
+            &["--piece-size", "16K"],
+        ));
     }
     tracker.wait_owners("dup.bin", &["va", "vb"]);
 
-    let dir = tempdir();
-    let mut down = Node::start(
-        "picky",
-        &tracker,
-        dir.path(),
-        &["--download", "dup.bin", "--exit-when-done"],
-    );
-    let status = down.proc.wait_exit();
-    assert!(status.success(), "{status:?}\n{}", down.proc.dump());
+    let (_down, dir) = download_and_exit(&tracker, "picky", "dup.bin");
     let got = std::fs::read(dir.path().join("dup.bin")).unwrap();
     assert!(got == a || got == b, "a mix of the two versions");
     assert_no_temporaries(dir.path());

@@ -4,6 +4,7 @@
 //! Every wait is for a line the process prints; the timeouts are only bounds
 //! on failure (generous, the machines are shared), never asserted timings.
 
+// Each test crate compiles this module on its own and uses only a subset of it.
 #![allow(dead_code)]
 
 use std::fs;
@@ -322,16 +323,7 @@ pub struct Node {
 impl Node {
     /// Starts a node; `extra` are further arguments (`--upload f`, ...).
     pub fn start(name: &str, tracker: &Tracker, dir: &Path, extra: &[&str]) -> Node {
-        let mut args: Vec<String> = vec![
-            "-n".into(),
-            name.into(),
-            "-p".into(),
-            "0".into(),
-            "--tracker".into(),
-            tracker.addr.clone(),
-            "--dir".into(),
-            dir.display().to_string(),
-        ];
+        let mut args = node_args(name, &tracker.addr, dir);
         args.extend(extra.iter().map(|s| s.to_string()));
         let proc = Proc::spawn(&format!("node {name}"), NODE, &args);
         let prefix = format!("node {name} listening on ");
@@ -343,6 +335,16 @@ impl Node {
             addr,
             dir: dir.to_path_buf(),
         }
+    }
+
+    /// Starts a node that downloads `file` and exits when done (`--download FILE --exit-when-done`).
+    pub fn start_download(name: &str, tracker: &Tracker, dir: &Path, file: &str) -> Node {
+        Node::start(
+            name,
+            tracker,
+            dir,
+            &["--download", file, "--exit-when-done"],
+        )
     }
 
     pub fn send(&mut self, cmd: &str) {
@@ -360,6 +362,91 @@ impl Node {
         let prefix = format!("downloaded {file} (");
         self.proc.wait_stdout(|l| l.starts_with(&prefix))
     }
+}
+
+/// `-n NAME -p 0 --tracker TRACKER --dir DIR`: the arguments every test node starts with.
+pub fn node_args(name: &str, tracker: &str, dir: &Path) -> Vec<String> {
+    vec![
+        "-n".into(),
+        name.into(),
+        "-p".into(),
+        "0".into(),
+        "--tracker".into(),
+        tracker.to_string(),
+        "--dir".into(),
+        dir.display().to_string(),
+    ]
+}
+
+/// Starts an owner of `file` holding `data` in a fresh folder, with extra arguments; waits until it shares it.
+pub fn start_owner(
+    tracker: &Tracker,
+    name: &str,
+    file: &str,
+    data: &[u8],
+    extra: &[&str],
+) -> (Node, tempfile::TempDir) {
+    let dir = tempdir();
+    put_file(dir.path(), file, data);
+    let mut args = vec!["--upload", file];
+    args.extend_from_slice(extra);
+    let node = Node::start(name, tracker, dir.path(), &args);
+    node.wait_sharing(file);
+    (node, dir)
+}
+
+/// Downloads `file` into a fresh folder with `--exit-when-done`; asserts the node exits with status 0.
+pub fn download_and_exit(tracker: &Tracker, name: &str, file: &str) -> (Node, tempfile::TempDir) {
+    let dir = tempdir();
+    let mut down = Node::start_download(name, tracker, dir.path(), file);
+    let status = down.proc.wait_exit();
+    assert!(status.success(), "{status:?}\n{}", down.proc.dump());
+    (down, dir)
+}
+
+/// Waits until the tracker lists `name` among the owners of `file` as a partial owner.
+pub fn wait_partial(tracker: &Tracker, mark: usize, file: &str, name: &str) {
+    tracker.proc.wait_stderr_from(mark, |l| {
+        l.contains(&format!("{name}@"))
+            && l.contains("(partial)")
+            && owner_list(l, file).is_some_and(|o| o.iter().any(|n| n == name))
+    });
+}
+
+/// The number after `word ` in `line` (e.g. `fetched 123 bytes` of a `downloaded` line).
+pub fn number_after(line: &str, word: &str) -> u64 {
+    let tag = format!("{word} ");
+    let at = line
+        .find(&tag)
+        .unwrap_or_else(|| panic!("no {word:?} in {line}"));
+    line[at + tag.len()..]
+        .split(|c: char| !c.is_ascii_digit() && c != '.')
+        .next()
+        .and_then(|n| n.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no number after {word:?} in {line}")) as u64
+}
+
+/// Seconds of a `downloaded F (N bytes in T s, ...)` line.
+pub fn seconds_of(downloaded: &str) -> f64 {
+    let at = downloaded.find(" bytes in ").expect(downloaded) + " bytes in ".len();
+    downloaded[at..]
+        .split(' ')
+        .next()
+        .and_then(|t| t.parse().ok())
+        .expect(downloaded)
+}
+
+/// No temporary download files (`.NAME.*.shoal-part`, `.shoal-state`) left.
+pub fn assert_no_temporaries(dir: &Path) {
+    let hidden: Vec<String> = list_dir(dir)
+        .into_iter()
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(
+        hidden.is_empty(),
+        "{}: left behind {hidden:?}",
+        dir.display()
+    );
 }
 
 /// A fresh temporary folder.
