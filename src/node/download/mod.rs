@@ -373,10 +373,8 @@ impl<S: PartStore> Download<S> {
             .collect();
         if self.info.is_none() {
             if owners.is_empty() {
-                self.fail(
-                    io,
-                    format!("no owner of {} is known to the tracker", self.name),
-                );
+                // The tracker pushes the list again as soon as an owner appears.
+                self.starving_since.get_or_insert(now);
                 return;
             }
             let info = choose_version(&owners);

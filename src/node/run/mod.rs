@@ -34,7 +34,8 @@ const SERVE_TARGET: usize = 2 << 20;
 const MAX_TRACKER_BACKOFF: Duration = Duration::from_secs(10);
 /// How often the node tells the tracker it is alive (the tracker closes silent links after 60 s).
 const KEEPALIVE_EVERY: Duration = Duration::from_secs(20);
-/// A serving connection with nothing asked for this long is closed.
+/// A serving connection that sent nothing for this long is closed, queued requests or not: a
+/// downloader that is reading asks for more as blocks arrive, one that stopped reading does not.
 const SERVE_IDLE: Duration = Duration::from_secs(120);
 /// How often progress is redrawn.
 const PROGRESS_EVERY: Duration = Duration::from_millis(200);
@@ -336,8 +337,8 @@ impl Node {
         if let Some(bucket) = self.bucket.as_mut() {
             let waiting = self
                 .conns
-                .values()
-                .any(|r| matches!(r, Role::Serve(s, _) if s.queued() > 0));
+                .iter()
+                .any(|(&conn, role)| sharing::serve_waiting(ctx, conn, role));
             if waiting {
                 consider(bucket.ready_at(now));
             }
@@ -481,13 +482,13 @@ impl Handler for Node {
 }
 
 impl Node {
-    /// Closes serving connections that asked for nothing for [`SERVE_IDLE`].
+    /// Closes serving connections that sent nothing for [`SERVE_IDLE`].
     fn close_idle_serving(&mut self, ctx: &mut Ctx) {
         let now = ctx.now();
         let idle: Vec<ConnId> = self
             .conns
             .iter()
-            .filter(|(_, role)| matches!(role, Role::Serve(s, heard) if s.queued() == 0 && now.saturating_duration_since(*heard) > SERVE_IDLE))
+            .filter(|(_, role)| matches!(role, Role::Serve(_, heard) if now.saturating_duration_since(*heard) > SERVE_IDLE))
             .map(|(&conn, _)| conn)
             .collect();
         for conn in idle {

@@ -172,9 +172,10 @@ impl Node {
     }
 
     pub(super) fn on_serve_frame(&mut self, ctx: &mut Ctx, conn: ConnId, msg: &Message<'_>) {
-        let Some(Role::Serve(serve, _)) = self.conns.get_mut(&conn) else {
+        let Some(Role::Serve(serve, last_heard)) = self.conns.get_mut(&conn) else {
             return;
         };
+        *last_heard = ctx.now();
         let lib = Lib {
             shared: &self.shared,
             downloads: &self.downloads,
@@ -238,7 +239,7 @@ impl Node {
         let mut waiting: Vec<ConnId> = self
             .conns
             .iter()
-            .filter(|(_, role)| matches!(role, Role::Serve(s, _) if s.queued() > 0))
+            .filter(|(&conn, role)| serve_waiting(ctx, conn, role))
             .map(|(&conn, _)| conn)
             .collect();
         if waiting.is_empty() {
@@ -251,4 +252,10 @@ impl Node {
             self.pump(ctx, conn);
         }
     }
+}
+
+/// A serving connection waits on the rate limit when it has requests queued and room for
+/// more output; one at or above the target is woken by its drain instead.
+pub(super) fn serve_waiting(ctx: &Ctx, conn: ConnId, role: &Role) -> bool {
+    matches!(role, Role::Serve(s, _) if s.queued() > 0) && ctx.pending_out(conn) < SERVE_TARGET
 }
