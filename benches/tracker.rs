@@ -721,6 +721,7 @@ fn hello_frame(name: &str, port: u16) -> io::Result<Vec<u8>> {
     let hello = NodeToTracker::Hello {
         node_name: name,
         listen_port: port,
+        secret: [0; 32],
     };
     encode(&hello, &mut out)?;
     Ok(out)

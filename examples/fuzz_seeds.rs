@@ -26,6 +26,7 @@ fn main() -> std::io::Result<()> {
         Message::NodeToTracker(NodeToTracker::Hello {
             node_name: "ann",
             listen_port: 7000,
+            secret: [0x5e; 32],
         }),
         Message::TrackerToNode(TrackerToNode {
             name: "f.bin",

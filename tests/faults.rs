@@ -160,6 +160,7 @@ impl FakeOwner {
             &Message::NodeToTracker(NodeToTracker::Hello {
                 node_name: name,
                 listen_port: addr.port(),
+                secret: [7; 32],
             }),
             &mut out,
         )

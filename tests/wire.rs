@@ -23,6 +23,7 @@ fn samples() -> Vec<Message<'static>> {
         Message::NodeToTracker(NodeToTracker::Hello {
             node_name: "ann",
             listen_port: 12345,
+            secret: [0x5e; 32],
         }),
         Message::NodeToTracker(NodeToTracker::Have {
             name: "movie.mkv",
@@ -38,6 +39,7 @@ fn samples() -> Vec<Message<'static>> {
             root: [7; 32],
         }),
         Message::NodeToTracker(NodeToTracker::Exit),
+        Message::NodeToTracker(NodeToTracker::Synced),
         Message::TrackerToNode(TrackerToNode {
             name: "movie.mkv",
             owners: vec![],
@@ -465,7 +467,7 @@ fn bad_utf8_and_bad_names() {
 fn bad_enum_and_bool_bytes() {
     let bf = |what| WireError::BadField(what);
     assert_eq!(
-        decode_err(kind::NODE_TO_TRACKER, &[6]),
+        decode_err(kind::NODE_TO_TRACKER, &[7]),
         bf("unknown NodeToTracker mode")
     );
     let have = cat(&[&[1], &name("f"), &info_bytes(1, MIN_PIECE_SIZE), &[2]]);
@@ -747,15 +749,20 @@ fn hand_written_have_piece_frame() {
 fn hand_written_hello_and_keepalive_frames() {
     #[rustfmt::skip]
     let hello: &[u8] = &[
-        0x53, 0x48, 0x01, 0x01, 0x00, 0x00, 0x00, 0x07, // "SH", v1, NodeToTracker, 7 bytes
+        0x53, 0x48, 0x01, 0x01, 0x00, 0x00, 0x00, 0x27, // "SH", v1, NodeToTracker, 39 bytes
         0x00,                                           // mode Hello
         0x03, b'a', b'n', b'n',                         // name "ann"
         0x30, 0x39,                                     // listen port 12345
-        0x4d, 0x14, 0x0c, 0x2a,                         // CRC32
+        0x5e, 0x5e, 0x5e, 0x5e, 0x5e, 0x5e, 0x5e, 0x5e, // secret (32 bytes)
+        0x5e, 0x5e, 0x5e, 0x5e, 0x5e, 0x5e, 0x5e, 0x5e,
+        0x5e, 0x5e, 0x5e, 0x5e, 0x5e, 0x5e, 0x5e, 0x5e,
+        0x5e, 0x5e, 0x5e, 0x5e, 0x5e, 0x5e, 0x5e, 0x5e,
+        0x54, 0xb0, 0x0e, 0xa6,                         // CRC32
     ];
     let msg = Message::NodeToTracker(NodeToTracker::Hello {
         node_name: "ann",
         listen_port: 12345,
+        secret: [0x5e; 32],
     });
     assert_eq!(enc(&msg), hello);
     let keepalive = [0x53, 0x48, 0x01, 0x0b, 0, 0, 0, 0, 0x75, 0xe3, 0xf2, 0xe6];
@@ -857,12 +864,15 @@ fn valid_message() -> impl Strategy<Value = Message<'static>> {
         })
     });
     prop_oneof![
-        (valid_name(), any::<u16>()).prop_map(|(node_name, listen_port)| {
-            Message::NodeToTracker(NodeToTracker::Hello {
-                node_name,
-                listen_port,
-            })
-        }),
+        (valid_name(), any::<u16>(), any::<[u8; 32]>()).prop_map(
+            |(node_name, listen_port, secret)| {
+                Message::NodeToTracker(NodeToTracker::Hello {
+                    node_name,
+                    listen_port,
+                    secret,
+                })
+            }
+        ),
         (valid_name(), file_info(), any::<bool>()).prop_map(|(name, info, complete)| {
             Message::NodeToTracker(NodeToTracker::Have {
                 name,
@@ -875,6 +885,7 @@ fn valid_message() -> impl Strategy<Value = Message<'static>> {
         (valid_name(), root())
             .prop_map(|(name, root)| Message::NodeToTracker(NodeToTracker::Drop { name, root })),
         Just(Message::NodeToTracker(NodeToTracker::Exit)),
+        Just(Message::NodeToTracker(NodeToTracker::Synced)),
         (valid_name(), prop::collection::vec(owner, 0..20))
             .prop_map(|(name, owners)| Message::TrackerToNode(TrackerToNode { name, owners })),
         (valid_name(), prop::option::of(root())).prop_map(|(name, root)| {

@@ -115,6 +115,7 @@ fn owners_known(tracker: SocketAddr, file: &str) -> io::Result<usize> {
         NodeToTracker::Hello {
             node_name: &probe,
             listen_port: 9,
+            secret: [0; 32],
         },
         NodeToTracker::Need { name: file },
     ] {

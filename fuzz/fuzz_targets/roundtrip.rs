@@ -12,10 +12,11 @@ use shoal::wire::*;
 /// (Only `Owner`s are owned, in the Vec `TrackerToNode` needs.)
 fn message<'a>(u: &mut Unstructured<'a>) -> Result<Message<'a>> {
     Ok(match u.int_in_range(1..=kind::LAST)? {
-        kind::NODE_TO_TRACKER => Message::NodeToTracker(match u.int_in_range(0..=5)? {
+        kind::NODE_TO_TRACKER => Message::NodeToTracker(match u.int_in_range(0..=6)? {
             0 => NodeToTracker::Hello {
                 node_name: u.arbitrary()?,
                 listen_port: u.arbitrary()?,
+                secret: u.arbitrary()?,
             },
             1 => NodeToTracker::Have {
                 name: u.arbitrary()?,
@@ -32,7 +33,8 @@ fn message<'a>(u: &mut Unstructured<'a>) -> Result<Message<'a>> {
                 name: u.arbitrary()?,
                 root: u.arbitrary()?,
             },
-            _ => NodeToTracker::Exit,
+            5 => NodeToTracker::Exit,
+            _ => NodeToTracker::Synced,
         }),
         kind::TRACKER_TO_NODE => {
             let name = u.arbitrary()?;

@@ -138,6 +138,7 @@ fn message<'a>(u: &mut Unstructured<'a>) -> Result<Message<'a>> {
         0 | 1 => Message::NodeToTracker(NodeToTracker::Hello {
             node_name: name(u)?,
             listen_port: if u.arbitrary()? { 4000 } else { u.arbitrary()? },
+            secret: [u.int_in_range(0..=1)?; 32],
         }),
         2 | 3 => Message::NodeToTracker(NodeToTracker::Have {
             name: name(u)?,
@@ -332,7 +333,7 @@ impl Sim {
                 | NodeToTracker::Need { name }
                 | NodeToTracker::Unneed { name }
                 | NodeToTracker::Drop { name, .. } => name,
-                NodeToTracker::Exit => return,
+                NodeToTracker::Exit | NodeToTracker::Synced => return,
             };
             self.names.insert((*name).to_owned());
         }

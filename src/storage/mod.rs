@@ -49,11 +49,13 @@ mod hashcache;
 mod hasher;
 mod memstore;
 mod partial;
+mod secret;
 
 pub use folder::{Folder, SharedFile};
 pub use hasher::PieceHasher;
 pub use memstore::MemStore;
 pub use partial::PartialFile;
+pub use secret::SECRET_FILE;
 
 /// BLAKE3 hash of one piece, or of a whole layout (the root).
 pub type Hash = [u8; 32];

@@ -170,6 +170,7 @@ impl TrackerState {
                 Message::NodeToTracker(NodeToTracker::Hello {
                     node_name,
                     listen_port,
+                    ..
                 }),
                 None,
             ) => self.hello(now, session, node_name, *listen_port, out),
@@ -268,7 +269,7 @@ impl TrackerState {
         out: &mut dyn Outbox,
     ) {
         match *req {
-            NodeToTracker::Hello { .. } => {}
+            NodeToTracker::Hello { .. } | NodeToTracker::Synced => {}
             NodeToTracker::Have {
                 name,
                 info,
@@ -619,6 +620,11 @@ mod tests {
         }
     }
 
+    /// Each test node's own secret (derived from its name, so a restart presents the same one).
+    fn secret_of(name: &str) -> [u8; 32] {
+        *blake3::hash(name.as_bytes()).as_bytes()
+    }
+
     fn join(
         t: &mut TrackerState,
         now: Instant,
@@ -631,6 +637,7 @@ mod tests {
         let hello = Message::NodeToTracker(NodeToTracker::Hello {
             node_name: name,
             listen_port: port,
+            secret: secret_of(name),
         });
         t.handle(now, session, &hello, out);
     }
@@ -764,6 +771,7 @@ mod tests {
         let hello = Message::NodeToTracker(NodeToTracker::Hello {
             node_name: "a",
             listen_port: 4001,
+            secret: secret_of("a"),
         });
         t.handle(now, 3, &hello, &mut out);
         assert_eq!(out.errors[1], (3, "node name already connected".to_owned()));

@@ -129,6 +129,7 @@ fn node_to_tracker<'a>(r: &mut Reader<'a>) -> Result<NodeToTracker<'a>, WireErro
         0 => NodeToTracker::Hello {
             node_name: r.name("node name")?,
             listen_port: r.u16("listen port")?,
+            secret: r.array32("node secret")?,
         },
         1 => NodeToTracker::Have {
             name: r.name("file name")?,
@@ -146,6 +147,7 @@ fn node_to_tracker<'a>(r: &mut Reader<'a>) -> Result<NodeToTracker<'a>, WireErro
             root: r.root()?,
         },
         5 => NodeToTracker::Exit,
+        6 => NodeToTracker::Synced,
         _ => return Err(WireError::BadField("unknown NodeToTracker mode")),
     })
 }
@@ -274,9 +276,13 @@ impl<'a> Reader<'a> {
     }
 
     fn root(&mut self) -> Result<RootHash, WireError> {
-        let mut root = [0; 32];
-        root.copy_from_slice(self.bytes(32, "root hash")?);
-        Ok(root)
+        self.array32("root hash")
+    }
+
+    fn array32(&mut self, field: &'static str) -> Result<[u8; 32], WireError> {
+        let mut bytes = [0; 32];
+        bytes.copy_from_slice(self.bytes(32, field)?);
+        Ok(bytes)
     }
 
     fn name(&mut self, field: &'static str) -> Result<&'a str, WireError> {

@@ -102,11 +102,11 @@ fn payload_len(msg: &Message<'_>) -> usize {
     match msg {
         Message::NodeToTracker(m) => {
             1 + match m {
-                NodeToTracker::Hello { node_name, .. } => name_len(node_name) + 2,
+                NodeToTracker::Hello { node_name, .. } => name_len(node_name) + 2 + 32,
                 NodeToTracker::Have { name, .. } => name_len(name) + FILE_INFO_LEN + 1,
                 NodeToTracker::Need { name } | NodeToTracker::Unneed { name } => name_len(name),
                 NodeToTracker::Drop { name, .. } => name_len(name) + 32,
-                NodeToTracker::Exit => 0,
+                NodeToTracker::Exit | NodeToTracker::Synced => 0,
             }
         }
         Message::TrackerToNode(t) => t.owners.iter().fold(name_len(t.name) + 2, |n, o| {
@@ -176,10 +176,12 @@ fn put_payload(msg: &Message<'_>, out: &mut Vec<u8>) -> Result<(), WireError> {
             NodeToTracker::Hello {
                 node_name,
                 listen_port,
+                secret,
             } => {
                 out.push(0);
                 put_name(out, node_name)?;
                 out.extend_from_slice(&listen_port.to_be_bytes());
+                out.extend_from_slice(secret);
             }
             NodeToTracker::Have {
                 name,
@@ -205,6 +207,7 @@ fn put_payload(msg: &Message<'_>, out: &mut Vec<u8>) -> Result<(), WireError> {
                 out.extend_from_slice(root);
             }
             NodeToTracker::Exit => out.push(5),
+            NodeToTracker::Synced => out.push(6),
         },
         Message::TrackerToNode(t) => {
             put_name(out, t.name)?;

@@ -7,6 +7,9 @@ use super::{frame::kind, WireError, MAX_NAME_LEN, MAX_PIECE_SIZE, MIN_PIECE_SIZE
 /// BLAKE3 root hash naming one version of a file: the hash of its layout and piece hashes.
 pub type RootHash = [u8; 32];
 
+/// A node's secret, created on its first start and kept in its folder: proves the node's name.
+pub type NodeSecret = [u8; 32];
+
 /// What an owner publishes about a file: enough to lay out and verify a download.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct FileInfo {
@@ -42,6 +45,8 @@ pub enum NodeToTracker<'a> {
         node_name: &'a str,
         /// The port peers connect to; the tracker pairs it with the address it sees.
         listen_port: u16,
+        /// The node's secret (kept in its folder): only its holder may reclaim the name.
+        secret: NodeSecret,
     },
     /// Heritage `have`: I own (all or part of) this file version.
     Have {
@@ -71,6 +76,8 @@ pub enum NodeToTracker<'a> {
     },
     /// Heritage `exit`: take me off every owner list.
     Exit,
+    /// Every file I hold has been stated (`Have`) since my `Hello`: forget entries I did not state.
+    Synced,
 }
 
 /// One owner of a file version, as the tracker lists it.

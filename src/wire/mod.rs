@@ -42,6 +42,7 @@
 //! | name | u8 length + UTF-8; must pass [`check_name`]: 1..=255 bytes, not `.`/`..`, no `/ \ NUL` or control character |
 //! | reason | u16 length (≤ 1024) + UTF-8 |
 //! | root | 32 bytes (BLAKE3 root hash) |
+//! | secret | 32 bytes (a node's secret, see `NodeSecret`) |
 //! | addr | family u8 (`4` or `6`), 4 or 16 address bytes, u16 port |
 //! | info (`FileInfo`) | size u64, piece_size u32 (16 KiB..=64 MiB), root; at most `u32::MAX` pieces |
 //!
@@ -51,7 +52,7 @@
 //!
 //! | type | message | payload |
 //! |---|---|---|
-//! | 1 | NodeToTracker | mode u8, then: `0` Hello: name, listen_port u16 · `1` Have: name, info, complete bool · `2` Need: name · `3` Unneed: name · `4` Drop: name, root · `5` Exit: nothing |
+//! | 1 | NodeToTracker | mode u8, then: `0` Hello: name, listen_port u16, secret (32 bytes) · `1` Have: name, info, complete bool · `2` Need: name · `3` Unneed: name · `4` Drop: name, root · `5` Exit: nothing · `6` Synced: nothing |
 //! | 2 | TrackerToNode | name, count u16 (≤ 1024), then `count` × (node_name, addr, info, complete bool) |
 //! | 3 | SizeInformation | name, size i64, then: size `-1` (Question): flag u8 (`0`/`1`), root if flag is 1 · size ≥ 0 (Answer): piece_size u32, root, bitfield of exactly ⌈pieces/8⌉ bytes, piece 0 in the top bit of byte 0, spare bits zero · other sizes refused |
 //! | 4 | FileCommunication | root, piece u32, offset u32, data: the rest (1..=1 MiB) |

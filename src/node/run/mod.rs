@@ -22,7 +22,9 @@ use super::serve::{serve_block, FileView, Library, ServeConn, ServeOutcome};
 use crate::reactor::{CloseReason, ConnId, Ctx, Handler, ListenerId, Reactor, Stopper};
 use crate::storage::{self, Folder, Hash, Layout, PartialFile, PieceHasher, SharedFile};
 use crate::tracker::short_hex;
-use crate::wire::{self, Decoded, ErrorCode, FileInfo, Limits, Message, NodeToTracker, RootHash};
+use crate::wire::{
+    self, Decoded, ErrorCode, FileInfo, Limits, Message, NodeSecret, NodeToTracker, RootHash,
+};
 
 /// The one reactor timer key the node uses.
 const WAKE: u64 = 1;
@@ -67,6 +69,7 @@ pub fn bind(config: NodeConfig) -> io::Result<NodeServer> {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, why));
     }
     let folder = Folder::open(&config.dir).map_err(io::Error::other)?;
+    let secret = folder.node_secret().map_err(io::Error::other)?;
     let mut reactor = Reactor::new(Default::default())?;
     let (_, addr) = reactor.listen(config.listen)?;
     if config.stdin {
@@ -79,6 +82,7 @@ pub fn bind(config: NodeConfig) -> io::Result<NodeServer> {
             .max_upload_rate
             .map(|rate| TokenBucket::new(rate, now)),
         listen_port: addr.port(),
+        secret,
         config,
         folder,
         conns: HashMap::new(),
@@ -174,6 +178,8 @@ struct Node {
     config: NodeConfig,
     folder: Folder,
     listen_port: u16,
+    /// Proves our name to the tracker (kept in the folder).
+    secret: NodeSecret,
     conns: HashMap<ConnId, Role>,
     tracker: TrackerLink,
     shared: HashMap<RootHash, Shared>,

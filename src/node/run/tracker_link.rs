@@ -29,6 +29,7 @@ impl Node {
             &NodeToTracker::Hello {
                 node_name: &self.config.name.clone(),
                 listen_port: self.listen_port,
+                secret: self.secret,
             },
         );
         let shared: Vec<(String, FileInfo)> = self
@@ -65,6 +66,9 @@ impl Node {
             }
             self.tell_tracker(ctx, &NodeToTracker::Need { name: &name });
         }
+        // The tracker forgets whatever it still lists for us that we did not state again
+        // (a file changed or removed while we were away).
+        self.tell_tracker(ctx, &NodeToTracker::Synced);
     }
 
     pub(super) fn tracker_lost(&mut self, ctx: &mut Ctx, why: &str) {
