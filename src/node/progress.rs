@@ -14,8 +14,11 @@ use super::download::{Phase, Progress};
 /// How often a progress line is logged when standard error is not a terminal.
 const LOG_EVERY: Duration = Duration::from_secs(2);
 
-/// `video.mkv  42% [=====>     ] 431 MiB/1.0 GiB  812 MiB/s  eta 1s  4 owners`.
-const BAR_TEMPLATE: &str = "{prefix:.bold}  {percent:>3}% [{bar:25.cyan/blue}] {msg}";
+/// Time constant of the shown rate's smoothing: owners deliver in bursts, a person wants a
+/// figure that holds still long enough to read.
+const RATE_SMOOTHING: Duration = Duration::from_secs(2);
+/// Cells between the bar's brackets.
+const BAR_CELLS: u64 = 25;
 
 impl Phase {
     /// What the download is doing, in words a user reads in `status`.
@@ -45,6 +48,8 @@ pub struct ProgressView {
     terminal: bool,
     bar: Option<ProgressBar>,
     next_log: Option<Instant>,
+    /// The smoothed rate in bytes per second and when it was last updated.
+    rate: Option<(f64, Instant)>,
 }
 
 impl ProgressView {
@@ -56,19 +61,46 @@ impl ProgressView {
             terminal,
             bar: None,
             next_log: (enabled && !terminal).then_some(now + LOG_EVERY),
+            rate: None,
         }
+    }
+
+    /// `progress` with its rate replaced by the smoothed rate the display shows.
+    pub fn smoothed(&self, mut progress: Progress) -> Progress {
+        if let Some((rate, _)) = self.rate {
+            progress.rate = rate;
+        }
+        progress
+    }
+
+    /// Folds a new rate sample into the shown rate (an exponential average over time).
+    fn smooth(&mut self, now: Instant, sample: f64) {
+        let sample = if sample.is_finite() {
+            sample.max(0.0)
+        } else {
+            0.0
+        };
+        self.rate = Some(match self.rate {
+            Some((rate, at)) if rate > 0.0 => {
+                let dt = now.saturating_duration_since(at).as_secs_f64();
+                let weight = 1.0 - (-dt / RATE_SMOOTHING.as_secs_f64()).exp();
+                (rate + (sample - rate) * weight, now)
+            }
+            _ => (sample, now),
+        });
     }
 
     /// Redraws (or logs, at most every [`LOG_EVERY`]) the current state.
     pub fn update(&mut self, now: Instant, progress: &Progress) {
+        self.smooth(now, progress.rate);
+        let progress = &self.smoothed(progress.clone());
         let shown = shown_bytes(progress);
         if self.bar.is_none() && self.terminal && progress.phase.has_bar() && progress.total > 0 {
-            self.bar = Some(new_bar(&self.name));
+            self.bar = Some(new_bar());
         }
         if let Some(bar) = &self.bar {
-            bar.set_length(progress.total);
-            bar.set_position(shown);
-            bar.set_message(bar_message(progress));
+            // One string, so one redraw: percentage, bar and figures never disagree on screen.
+            bar.set_message(bar_line(&self.name, progress));
         }
         if let Some(next) = self.next_log.filter(|&t| t <= now) {
             self.next_log = Some(next.max(now - LOG_EVERY) + LOG_EVERY);
@@ -101,15 +133,40 @@ impl ProgressView {
     }
 }
 
-/// A bar in this process's set of bars (so log lines print above it).
-fn new_bar(name: &str) -> ProgressBar {
-    let style = ProgressStyle::with_template(BAR_TEMPLATE)
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> ");
+/// A bar in this process's set of bars (so log lines print above it); it draws the line
+/// [`bar_line`] makes.
+fn new_bar() -> ProgressBar {
+    let style =
+        ProgressStyle::with_template("{msg}").unwrap_or_else(|_| ProgressStyle::default_bar());
     let bar = crate::logging::bars().add(ProgressBar::new(0));
     bar.set_style(style);
-    bar.set_prefix(name.to_owned());
     bar
+}
+
+/// `video.mkv  42% [=====>     ] 431 MiB/1.0 GiB  812 MiB/s  eta 1s  4 owners`.
+fn bar_line(name: &str, p: &Progress) -> String {
+    let shown = shown_bytes(p);
+    let cells = if p.total == 0 {
+        0
+    } else {
+        u128::from(shown) * u128::from(BAR_CELLS) / u128::from(p.total)
+    } as usize;
+    let width = BAR_CELLS as usize;
+    let bar = if cells >= width {
+        "=".repeat(width)
+    } else {
+        format!("{}>{}", "=".repeat(cells), " ".repeat(width - cells - 1))
+    };
+    format!("{name} {:>4} [{bar}] {}", percent(p), bar_message(p))
+}
+
+/// `42%`, rounded down, never 100 % before the file is renamed.
+fn percent(p: &Progress) -> String {
+    let shown = shown_bytes(p);
+    if p.total == 0 {
+        return "0%".to_owned();
+    }
+    format!("{}%", u128::from(shown) * 100 / u128::from(p.total))
 }
 
 /// Verified bytes, but never all of them before the file is complete and renamed.
@@ -171,15 +228,11 @@ pub fn status_line(name: &str, p: &Progress) -> String {
 /// least ten of, so the counts stay precise to about a percent.
 fn fraction(p: &Progress) -> String {
     let shown = shown_bytes(p);
-    let percent = if p.total == 0 {
-        0
-    } else {
-        u128::from(shown) * 100 / u128::from(p.total)
-    };
     let unit = unit_of(p.total / 10);
     let scale = 1u64 << (10 * unit);
     format!(
-        "{percent}% ({} of {} {})",
+        "{} ({} of {} {})",
+        percent(p),
         shown / scale,
         p.total / scale,
         UNITS[unit]
@@ -340,6 +393,47 @@ mod tests {
         assert_eq!(bar_message(&p), "0 B/4.0 MiB  0 B/s  1 owner");
         let p = at(Phase::Verify, MIB, 4 * MIB, 0.0, 0);
         assert!(bar_message(&p).contains("checking"));
+    }
+
+    #[test]
+    fn bar_line_is_name_percentage_bar_and_figures() {
+        let p = at(Phase::Pieces, 431 * MIB, 1024 * MIB, 812.0 * MIB as f64, 4);
+        assert_eq!(
+            bar_line("video.mkv", &p),
+            "video.mkv  42% [==========>              ] 431 MiB/1.0 GiB  812 MiB/s  eta 1s  4 owners"
+        );
+        let p = at(Phase::Pieces, 4 * MIB, 4 * MIB, 0.0, 1);
+        assert!(bar_line("a", &p).starts_with("a  99% [========================>]"));
+        let p = at(Phase::Done, 4 * MIB, 4 * MIB, 0.0, 0);
+        assert!(bar_line("a", &p).starts_with("a 100% [=========================] 4.0 MiB/4.0 MiB"));
+    }
+
+    #[test]
+    fn the_shown_rate_is_smoothed_over_seconds() {
+        let t0 = Instant::now();
+        let mut view = ProgressView::new("a", false, t0);
+        let p = at(Phase::Pieces, 0, 100 * MIB, 4.0 * MIB as f64, 1);
+        assert_eq!(view.smoothed(p.clone()).rate, p.rate, "no sample yet");
+        view.smooth(t0, 4.0 * MIB as f64);
+        assert_eq!(
+            view.smoothed(p.clone()).rate,
+            4.0 * MIB as f64,
+            "the first sample is taken as is"
+        );
+        view.smooth(t0 + Duration::from_millis(200), 0.0);
+        let rate = view.smoothed(p.clone()).rate / MIB as f64;
+        assert!(
+            (3.5..4.0).contains(&rate),
+            "one burst gap barely moves it: {rate}"
+        );
+        view.smooth(t0 + Duration::from_secs(30), 1.0 * MIB as f64);
+        let rate = view.smoothed(p).rate / MIB as f64;
+        assert!(
+            (rate - 1.0).abs() < 0.01,
+            "a lasting change is followed: {rate}"
+        );
+        view.smooth(t0 + Duration::from_secs(31), f64::NAN);
+        assert!(view.rate.is_some_and(|(r, _)| r.is_finite()));
     }
 
     #[test]

@@ -253,10 +253,8 @@ impl Node {
             ));
         }
         for (name, t) in &self.downloads {
-            lines.push(format!(
-                "  {}",
-                super::progress::status_line(name, &t.dl.progress())
-            ));
+            let shown = t.view.smoothed(t.dl.progress());
+            lines.push(format!("  {}", super::progress::status_line(name, &shown)));
         }
         if self.hashing.is_empty() && self.shared.is_empty() && self.downloads.is_empty() {
             lines.push("  nothing shared or downloading yet".to_owned());
