@@ -276,10 +276,7 @@ fn a_download_on_a_terminal_shows_a_bar_and_status_in_words() {
         status.contains("% (") && status.contains("/s from 1 owner,"),
         "status: {status}"
     );
-    assert!(
-        screen.contains("node watcher, listening on port"),
-        "{screen}"
-    );
+    assert!(screen.contains("node watcher at port "), "{screen}");
 
     let exit = node.wait_exit();
     let screen = node.text();

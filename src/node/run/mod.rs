@@ -234,7 +234,7 @@ impl Node {
             )
         };
         let mut lines = vec![format!(
-            "node {}, listening on port {}, {tracker}",
+            "node {} at port {}, {tracker}",
             self.config.name, self.listen_port
         )];
         for job in &self.hashing {
