@@ -241,13 +241,13 @@ fn rfc3339_tail(line: &str) -> Option<&str> {
     })
 }
 
-/// A 4 MiB download from one owner limited to 1 MiB/s, on a terminal: a bar with a percentage,
-/// bytes, a rate and `1 owner`; `status` answers in words meanwhile; log lines carry short times;
-/// the file arrives intact.
+/// An 8 MiB download from one owner limited to 1 MiB/s, on a terminal: a bar with a percentage,
+/// bytes, a rate and `1 owner`; `status` answers in words meanwhile; a second owner appearing
+/// shows as `2 owners`; log lines carry short times; the file arrives intact.
 #[test]
 fn a_download_on_a_terminal_shows_a_bar_and_status_in_words() {
     let tracker = Tracker::start();
-    let data = random_bytes(4 << 20);
+    let data = random_bytes(8 << 20);
     let (_owner, _owner_dir) = start_owner(
         &tracker,
         "slowpoke",
@@ -262,7 +262,7 @@ fn a_download_on_a_terminal_shows_a_bar_and_status_in_words() {
     args.extend(["--download", "big.bin", "--exit-when-done"].map(String::from));
     let mut node = OnTerminal::spawn(&args);
 
-    let is_bar = |l: &str| l.starts_with("big.bin ") && l.contains("% [") && l.contains("/4.0 MiB");
+    let is_bar = |l: &str| l.starts_with("big.bin ") && l.contains("% [") && l.contains("/8.0 MiB");
     node.wait_for("progress bar", |t| t.lines().any(is_bar));
     node.send("status");
     let screen = node.wait_for("status line", |t| {
@@ -277,6 +277,19 @@ fn a_download_on_a_terminal_shows_a_bar_and_status_in_words() {
         "status: {status}"
     );
     assert!(screen.contains("node watcher at port "), "{screen}");
+
+    // A second owner joins while the first one still has seconds of work: the bar counts it.
+    let (_second, _second_dir) = start_owner(
+        &tracker,
+        "latecomer",
+        "big.bin",
+        &data,
+        &["--max-upload-rate", "1M"],
+    );
+    node.wait_for("bar with two owners", |t| {
+        t.lines()
+            .any(|l| is_bar(l) && l.trim_end().ends_with(" 2 owners"))
+    });
 
     let exit = node.wait_exit();
     let screen = node.text();
