@@ -49,11 +49,14 @@ mod hashcache;
 mod hasher;
 mod memstore;
 mod partial;
+mod worker;
 
 pub use folder::{Folder, SharedFile};
+pub use hashcache::PieceHashes;
 pub use hasher::PieceHasher;
 pub use memstore::MemStore;
 pub use partial::PartialFile;
+pub use worker::{DiskDone, DiskWorker};
 
 /// BLAKE3 hash of one piece, or of a whole layout (the root).
 pub type Hash = [u8; 32];
