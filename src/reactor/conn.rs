@@ -15,7 +15,7 @@ use mio::Interest;
 const READ_BUF_INITIAL: usize = 16 * 1024;
 /// Compact the read buffer when less than this is free at its tail.
 const READ_MIN_TAIL: usize = 16 * 1024;
-/// Compact the output buffer once this many flushed bytes sit at its front...
+/// Compact the output buffer after a partial write once this many flushed bytes sit at its front...
 const OUT_COMPACT_MIN: usize = 64 * 1024;
 
 /// The outcome of one read or write, classified once at the boundary.
@@ -113,14 +113,20 @@ impl OutBuf {
         self.data.len() - self.start
     }
 
-    /// The Vec to append to, after lazily dropping flushed bytes at its front.
+    /// The Vec to append to. Nothing moves here: a handler may ask for it and
+    /// append nothing (a frame that writes nothing), and that must cost nothing.
     pub(crate) fn vec(&mut self) -> &mut Vec<u8> {
+        &mut self.data
+    }
+
+    /// After a partial write: drops the flushed bytes at the front once there are many,
+    /// so the buffer stays within about twice its pending bytes.
+    fn compact(&mut self) {
         if self.start >= OUT_COMPACT_MIN && self.start * 2 >= self.data.len() {
             // At most half the buffer moves, and only after 64 KiB were flushed.
             self.data.drain(..self.start);
             self.start = 0;
         }
-        &mut self.data
     }
 
     /// Drops all pending output.
@@ -302,7 +308,10 @@ impl Conn {
                     self.out.start += n;
                     total += n;
                 }
-                Some(other) => return other,
+                Some(other) => {
+                    self.out.compact();
+                    return other;
+                }
             }
         }
         self.out.clear();
@@ -352,8 +361,21 @@ mod tests {
         o.vec().extend_from_slice(&[1u8; 100_000]);
         o.start = 70_000;
         o.vec().push(2);
+        // Asking for the Vec (and appending) moves nothing; the next partial write does.
+        assert_eq!((o.start, o.len()), (70_000, 30_001));
+        o.compact();
         assert_eq!(o.start, 0);
         assert_eq!(o.len(), 30_001);
         assert_eq!(o.data.last(), Some(&2));
+    }
+
+    #[test]
+    fn out_buf_keeps_small_flushed_fronts() {
+        let mut o = OutBuf::default();
+        o.vec().extend_from_slice(&[1u8; 100_000]);
+        o.start = 40_000;
+        // Under half flushed: moving 60 KB to save 40 KB is not worth it.
+        o.compact();
+        assert_eq!(o.start, 40_000);
     }
 }

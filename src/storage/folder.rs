@@ -229,6 +229,15 @@ impl PieceStore for SharedFile {
             .map_err(|e| io_err(&self.name, "read", e))
     }
 
+    fn read_at_uninit<'a>(
+        &self,
+        offset: u64,
+        buf: &'a mut [std::mem::MaybeUninit<u8>],
+    ) -> Result<&'a mut [u8], StorageError> {
+        check_range(&self.name, "read", self.len, offset, buf.len())?;
+        super::pread_exact(&self.file, &self.name, offset, buf)
+    }
+
     fn write_at(&mut self, _offset: u64, _data: &[u8]) -> Result<(), StorageError> {
         Err(own_err(
             &self.name,

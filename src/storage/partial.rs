@@ -440,6 +440,15 @@ impl PieceStore for PartialFile {
             .map_err(|e| io_err(&self.name, "read", e))
     }
 
+    fn read_at_uninit<'a>(
+        &self,
+        offset: u64,
+        buf: &'a mut [std::mem::MaybeUninit<u8>],
+    ) -> Result<&'a mut [u8], StorageError> {
+        check_range(&self.name, "read", self.layout.size, offset, buf.len())?;
+        super::pread_exact(&self.data, &self.name, offset, buf)
+    }
+
     fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<(), StorageError> {
         // Never grow the file past its layout, whatever a peer sent.
         check_range(&self.name, "write", self.layout.size, offset, data.len())?;
