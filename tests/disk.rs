@@ -251,3 +251,60 @@ fn a_block_read_into_uninitialised_space_is_the_same_frame() {
     assert_eq!(r, Err("disk on fire"));
     assert_eq!(out, b"keep");
 }
+
+#[test]
+fn a_rename_that_fails_on_the_disk_thread_fails_the_download_and_the_node_serves_on() {
+    let tracker = Tracker::start();
+    let data = random_bytes(8 << 20);
+    // 2 MiB/s: the download takes about four seconds, time to block its final name.
+    let (_owner, _odir) = common::start_owner(
+        &tracker,
+        "slow",
+        "late.bin",
+        &data,
+        &["--max-upload-rate", "2M", "--piece-size", "256K"],
+    );
+    let small = random_bytes(50_000);
+    let dir = tempdir();
+    put_file(dir.path(), "small.bin", &small);
+    let mut down = Node::start(
+        "blocked",
+        &tracker,
+        dir.path(),
+        &["--upload", "small.bin", "--download", "late.bin"],
+    );
+    down.wait_sharing("small.bin");
+    // Once the temporary file exists, a directory takes the final name: the rename must fail.
+    let part_exists = || {
+        common::list_dir(dir.path())
+            .iter()
+            .any(|n| n.starts_with(".late.bin.") && n.ends_with(".shoal-part"))
+    };
+    for _ in 0..1500 {
+        if part_exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(part_exists(), "{}", down.proc.dump());
+    fs::create_dir(dir.path().join("late.bin")).unwrap();
+
+    let failed = down
+        .proc
+        .wait_stderr(|l| l.contains("download late.bin failed:"));
+    assert!(
+        failed.contains("rename it into place") && failed.contains("late.bin"),
+        "{failed}"
+    );
+    assert!(dir.path().join("late.bin").is_dir());
+    // The verified data is kept for a retry.
+    assert!(part_exists());
+
+    let mark = down.proc.stdout_mark();
+    down.send("status");
+    down.proc
+        .wait_stdout_from(mark, |l| l.starts_with("node blocked at port "));
+    let (_other, other_dir) = common::download_and_exit(&tracker, "other", "small.bin");
+    common::assert_same_file(other_dir.path(), "small.bin", &small);
+    assert!(down.proc.is_running(), "{}", down.proc.dump());
+}

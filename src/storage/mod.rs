@@ -9,8 +9,16 @@
 //! A file is described by a [`Layout`] (size and piece size). Every piece has
 //! a BLAKE3 hash ([`hash_piece`]); the [`root_hash`] over the layout and all
 //! piece hashes names one version of a file, so two different files of the
-//! same name are never confused. [`PieceHasher`] hashes a shared file a few
-//! pieces at a time so the reactor never stalls on a big file.
+//! same name are never confused. [`Folder::piece_hashes`] hashes a shared file
+//! (or takes its hashes from the cache beside it, [`PieceHashes::from_cache`]).
+//!
+//! # Slow disk work
+//!
+//! [`DiskWorker`] is one thread for what can take seconds: the fsync and
+//! rename that finish a download, and hashing a file to publish it. It
+//! reports through a callback (the node's reactor wake handle), so the network
+//! thread never waits on the disk. A download attached to it also kicks
+//! writeback of its data as it goes, so the final fsync is short.
 //!
 //! # Files on disk
 //!
@@ -23,7 +31,7 @@
 //! | `DIR/NAME` | a finished or shared file |
 //! | `DIR/.NAME.<root8>.shoal-part` | the data of a download in progress (size preallocated) |
 //! | `DIR/.NAME.<root8>.shoal-state` | its resume state: header + one byte per piece |
-//! | `DIR/.NAME.shoal-hashes` | cached piece hashes of a shared file ([`Folder::load_hashes`]) |
+//! | `DIR/.NAME.shoal-hashes` | cached piece hashes of a shared file ([`Folder::load_hashes`], key in `hashcache.rs`) |
 //!
 //! `<root8>` is the first 8 hex digits of the root hash, so a download of
 //! another version of the same name never reuses stale data. If

@@ -226,7 +226,7 @@ impl Node {
             return;
         };
         if let Err(e) = moved {
-            let reason = format!("cannot move it into place: {e}");
+            let reason = format!("cannot flush it and rename it into place: {e}");
             self.with_download(ctx, file, |dl, io| dl.abort(reason, io));
             return;
         }
