@@ -43,7 +43,7 @@ use super::{
 
 /// Bytes written between two writeback kicks: big enough to be one efficient disk
 /// request stream, small enough that the final fsync has little left to do.
-pub const WRITEBACK_EVERY: u64 = 8 << 20;
+pub(crate) const WRITEBACK_EVERY: u64 = 8 << 20;
 
 /// First bytes of a state file; bump the digit if the format changes (old files are then replaced).
 const STATE_MAGIC: &[u8; 8] = b"SHOALST1";
@@ -258,7 +258,7 @@ struct Writeback {
 }
 
 impl PartialFile {
-    /// Start writing back data every [`WRITEBACK_EVERY`] bytes written, from `worker`'s thread.
+    /// Start writing back data every 8 MiB written (`WRITEBACK_EVERY`), from `worker`'s thread.
     pub fn start_writeback_with(&mut self, worker: &DiskWorker) {
         self.writeback = worker.kicker().map(|kicker| Writeback {
             kicker,
