@@ -22,6 +22,7 @@
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::UNIX_EPOCH;
 
 use super::folder::open_regular;
@@ -31,6 +32,17 @@ use super::{io_err, Folder, Hash, Layout, PieceHasher, SharedFile, StorageError}
 const CACHE_MAGIC: &[u8; 8] = b"SHOALHC2";
 /// Magic + size + mtime secs + mtime nanos + piece size + inode + count + ctime secs + ctime nanos.
 const CACHE_HEADER_LEN: usize = 8 + 8 + 8 + 4 + 4 + 8 + 4 + 8 + 8;
+
+/// Bytes hashed between two looks at the stop flag: a stopping node waits at most this long.
+const HASH_STEP: u64 = 16 << 20;
+
+/// A flag nobody sets was set: impossible; answered as an error rather than a panic.
+fn unreachable_stop(file: &SharedFile) -> Result<PieceHashes, StorageError> {
+    Err(StorageError::StateMismatch(format!(
+        "{}: hashing stopped",
+        file.name()
+    )))
+}
 
 /// A shared file's piece hashes and where they came from.
 #[derive(Debug)]
@@ -75,18 +87,41 @@ impl Folder {
         file: &SharedFile,
         piece_size: u32,
     ) -> Result<PieceHashes, StorageError> {
+        let never = AtomicBool::new(false);
+        match self.piece_hashes_unless(file, piece_size, &never) {
+            Some(result) => result,
+            None => unreachable_stop(file),
+        }
+    }
+
+    /// As [`Folder::piece_hashes`], giving up (None) as soon as `stop` is set, checked every 16 MiB.
+    pub(crate) fn piece_hashes_unless(
+        &self,
+        file: &SharedFile,
+        piece_size: u32,
+        stop: &AtomicBool,
+    ) -> Option<Result<PieceHashes, StorageError>> {
         if let Some(hashes) = self.load_hashes(file, piece_size) {
-            return Ok(PieceHashes {
+            return Some(Ok(PieceHashes {
                 hashes,
                 from_cache: true,
-            });
+            }));
         }
         let layout = Layout {
             size: file.len(),
             piece_size,
         };
         let mut hasher = PieceHasher::new(layout);
-        while !hasher.step(file, u64::MAX)? {}
+        loop {
+            if stop.load(Ordering::Relaxed) {
+                return None;
+            }
+            match hasher.step(file, HASH_STEP) {
+                Ok(true) => break,
+                Ok(false) => {}
+                Err(e) => return Some(Err(e)),
+            }
+        }
         let hashes = hasher.into_hashes();
         if !file.unchanged() {
             log::warn!(
@@ -97,10 +132,10 @@ impl Folder {
             // A lost cache only costs a re-hash next time.
             log::warn!("{e}");
         }
-        Ok(PieceHashes {
+        Some(Ok(PieceHashes {
             hashes,
             from_cache: false,
-        })
+        }))
     }
 
     /// Cached piece hashes of `file` in pieces of `piece_size`, if a cache matching its size, mtime, ctime and inode exists.

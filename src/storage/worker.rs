@@ -16,6 +16,7 @@
 use std::fs::File;
 use std::io;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
@@ -66,6 +67,8 @@ pub enum DiskDone {
 /// Handle on the disk thread: queue jobs, collect results; dropping it lets the thread finish its queue and exit.
 pub struct DiskWorker {
     jobs: Option<Sender<Job>>,
+    /// Set by `drain`: hashing still queued or running is dropped (a stopping node does not wait for it).
+    stop: Arc<AtomicBool>,
     done: Receiver<DiskDone>,
     /// Results of jobs run on the caller's thread because the worker was gone.
     inline: Vec<DiskDone>,
@@ -98,6 +101,8 @@ impl DiskWorker {
     pub fn start(notify: impl Fn() + Send + 'static) -> io::Result<DiskWorker> {
         let (jobs, inbox) = mpsc::channel::<Job>();
         let (outbox, done) = mpsc::channel();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = Arc::clone(&stop);
         let thread = thread::Builder::new()
             .name("shoal-disk".into())
             .spawn(move || {
@@ -105,7 +110,7 @@ impl DiskWorker {
                     if matches!(job, Job::Stop) {
                         return;
                     }
-                    if let Some(result) = run(job) {
+                    if let Some(result) = run(job, &stopping) {
                         if outbox.send(result).is_err() {
                             return;
                         }
@@ -115,6 +120,7 @@ impl DiskWorker {
             })?;
         Ok(DiskWorker {
             jobs: Some(jobs),
+            stop,
             done,
             inline: Vec::new(),
             thread: Some(thread),
@@ -143,8 +149,10 @@ impl DiskWorker {
         self.done.try_recv().ok()
     }
 
-    /// Waits until every queued job has run and returns their results (for a clean stop).
+    /// Waits until every queued finish has run and returns the results (for a clean stop);
+    /// hashing not done yet is abandoned (at most 16 MiB more is read).
     pub fn drain(&mut self) -> Vec<DiskDone> {
+        self.stop.store(true, Ordering::Relaxed);
         if let Some(jobs) = self.jobs.take() {
             let _ = jobs.send(Job::Stop);
         }
@@ -172,7 +180,7 @@ impl DiskWorker {
             None => job,
         };
         log::warn!("disk thread gone; running a disk job on the network thread");
-        if let Some(done) = run(job) {
+        if let Some(done) = run(job, &self.stop) {
             self.inline.push(done);
         }
     }
@@ -193,8 +201,8 @@ impl std::fmt::Debug for DiskWorker {
     }
 }
 
-/// Runs one job on the current thread.
-fn run(job: Job) -> Option<DiskDone> {
+/// Runs one job on the current thread; None for a writeback kick or hashing abandoned at `stop`.
+fn run(job: Job, stop: &AtomicBool) -> Option<DiskDone> {
     match job {
         Job::Finish(file) => {
             let name = file.name().to_owned();
@@ -206,7 +214,7 @@ fn run(job: Job) -> Option<DiskDone> {
             file,
             piece_size,
         } => {
-            let result = folder.piece_hashes(&file, piece_size);
+            let result = folder.piece_hashes_unless(&file, piece_size, stop)?;
             Some(DiskDone::Hashed {
                 file,
                 piece_size,
