@@ -164,13 +164,13 @@ pub fn serve_block(
         piece_size: view.info.piece_size,
     };
     let at = layout.piece_offset(request.piece) + u64::from(request.offset);
-    crate::wire::encode_block_with(
+    crate::wire::encode_block_uninit(
         out,
         &request.root,
         request.piece,
         request.offset,
         request.len as usize,
-        |buf| view.store.read_at(at, buf),
+        |buf| view.store.read_at_uninit(at, buf),
     )
     .map_err(|e| e.to_string())?;
     Ok(request.len)

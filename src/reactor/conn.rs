@@ -4,7 +4,8 @@
 //! into [`IoStep`] (sozu's `SocketResult` idea), and `Interrupted` is retried
 //! right where it happens, so the loop only ever sees four outcomes.
 
-use std::io::{self, ErrorKind, Read, Write};
+use std::collections::VecDeque;
+use std::io::{self, ErrorKind, IoSlice, Read, Write};
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -15,8 +16,10 @@ use mio::Interest;
 const READ_BUF_INITIAL: usize = 16 * 1024;
 /// Compact the read buffer when less than this is free at its tail.
 const READ_MIN_TAIL: usize = 16 * 1024;
-/// Compact the output buffer once this many flushed bytes sit at its front...
-const OUT_COMPACT_MIN: usize = 64 * 1024;
+/// An output chunk this full takes no more frames: the next goes to a fresh chunk.
+const OUT_CHUNK: usize = 64 * 1024;
+/// Most chunks one vectored write sends.
+const OUT_IOVECS: usize = 16;
 
 /// The outcome of one read or write, classified once at the boundary.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,33 +103,61 @@ impl ReadBuf {
     }
 }
 
-/// The output buffer: pending bytes are `data[start..]`, appended at the end.
+/// The output buffer: a queue of chunks, pending bytes from `start` in the first.
+///
+/// Frames are appended to the last chunk; once it holds [`OUT_CHUNK`] bytes the
+/// next append goes to a fresh (recycled) chunk. Written bytes leave by
+/// popping whole chunks, so nothing is ever moved to the front, a frame that
+/// writes nothing costs nothing, and a big data frame mostly lands in a chunk
+/// of its own instead of making a full one reallocate. The chunks go out in
+/// one vectored write.
 #[derive(Debug, Default)]
 pub(crate) struct OutBuf {
-    pub(crate) data: Vec<u8>,
-    pub(crate) start: usize,
+    chunks: VecDeque<Vec<u8>>,
+    /// Bytes of the first chunk already written.
+    start: usize,
+    /// One emptied chunk kept for reuse, so a busy connection does not allocate per chunk.
+    spare: Option<Vec<u8>>,
 }
 
 impl OutBuf {
     /// Pending bytes.
     pub(crate) fn len(&self) -> usize {
-        self.data.len() - self.start
+        self.chunks.iter().map(Vec::len).sum::<usize>() - self.start
     }
 
-    /// The Vec to append to, after lazily dropping flushed bytes at its front.
+    /// The Vec to append to (only append: what it holds is pending output).
     pub(crate) fn vec(&mut self) -> &mut Vec<u8> {
-        if self.start >= OUT_COMPACT_MIN && self.start * 2 >= self.data.len() {
-            // At most half the buffer moves, and only after 64 KiB were flushed.
-            self.data.drain(..self.start);
-            self.start = 0;
+        if self.chunks.back().is_none_or(|c| c.len() >= OUT_CHUNK) {
+            let fresh = self.spare.take().unwrap_or_default();
+            self.chunks.push_back(fresh);
         }
-        &mut self.data
+        let last = self.chunks.len() - 1;
+        &mut self.chunks[last]
     }
 
-    /// Drops all pending output.
-    pub(crate) fn clear(&mut self) {
-        self.data.clear();
-        self.start = 0;
+    /// Marks `n` pending bytes written, recycling the chunks that are done.
+    fn advance(&mut self, mut n: usize) {
+        while let Some(front) = self.chunks.front() {
+            let left = front.len() - self.start;
+            if n < left {
+                self.start += n;
+                return;
+            }
+            n -= left;
+            self.start = 0;
+            if let Some(mut done) = self.chunks.pop_front() {
+                done.clear();
+                // Keep the bigger one: a chunk that already fits a data frame saves a reallocation.
+                if self
+                    .spare
+                    .as_ref()
+                    .is_none_or(|s| s.capacity() < done.capacity())
+                {
+                    self.spare = Some(done);
+                }
+            }
+        }
     }
 }
 
@@ -295,17 +326,23 @@ impl Conn {
             return IoStep::Failed(ErrorKind::NotConnected);
         };
         let mut total = 0;
-        while self.out.start < self.out.data.len() {
-            match classify(stream.write(&self.out.data[self.out.start..]), false) {
+        while self.out.len() > 0 {
+            let mut slices = [IoSlice::new(&[]); OUT_IOVECS];
+            let mut count = 0;
+            for (i, chunk) in self.out.chunks.iter().take(OUT_IOVECS).enumerate() {
+                let from = if i == 0 { self.out.start } else { 0 };
+                slices[count] = IoSlice::new(&chunk[from..]);
+                count += 1;
+            }
+            match classify(stream.write_vectored(&slices[..count]), false) {
                 None => continue,
                 Some(IoStep::Done(n)) => {
-                    self.out.start += n;
+                    self.out.advance(n);
                     total += n;
                 }
                 Some(other) => return other,
             }
         }
-        self.out.clear();
         IoStep::Done(total)
     }
 }
@@ -347,13 +384,26 @@ mod tests {
     }
 
     #[test]
-    fn out_buf_compacts_after_enough_is_flushed() {
+    fn out_buf_queues_chunks_and_recycles_them_without_moving_bytes() {
         let mut o = OutBuf::default();
-        o.vec().extend_from_slice(&[1u8; 100_000]);
-        o.start = 70_000;
-        o.vec().push(2);
-        assert_eq!(o.start, 0);
-        assert_eq!(o.len(), 30_001);
-        assert_eq!(o.data.last(), Some(&2));
+        // Asking for the Vec and appending nothing costs nothing.
+        o.vec();
+        assert_eq!(o.len(), 0);
+        o.vec().extend_from_slice(&[1u8; 100]);
+        o.vec().extend_from_slice(&[2u8; OUT_CHUNK]);
+        // The first chunk was not full: both frames share it.
+        assert_eq!(o.chunks.len(), 1);
+        o.vec().extend_from_slice(&[3u8; 10]);
+        assert_eq!(o.chunks.len(), 2);
+        assert_eq!(o.len(), 100 + OUT_CHUNK + 10);
+        o.advance(50);
+        assert_eq!((o.start, o.len()), (50, 50 + OUT_CHUNK + 10));
+        o.advance(50 + OUT_CHUNK);
+        // The first chunk is done: popped (kept as the spare), nothing moved.
+        assert_eq!((o.chunks.len(), o.start, o.len()), (1, 0, 10));
+        assert!(o.spare.as_ref().is_some_and(|s| s.capacity() >= OUT_CHUNK));
+        assert_eq!(o.chunks[0], vec![3u8; 10]);
+        o.advance(10);
+        assert_eq!((o.len(), o.chunks.len()), (0, 0));
     }
 }

@@ -94,13 +94,6 @@ impl Ctx {
         self.now
     }
 
-    /// Reads the clock again after blocking work in a handler (an fsync), so the time it
-    /// reports and everything after it in this iteration see the real time.
-    pub fn refresh_now(&mut self) -> Instant {
-        self.now = Instant::now();
-        self.now
-    }
-
     /// Starts a non-blocking connect; `on_connect` or `on_close(ConnectFailed)` follows.
     ///
     /// `Err` means no connection was created (socket creation failed, the

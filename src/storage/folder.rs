@@ -86,6 +86,7 @@ impl Folder {
             name: name.to_string(),
             len: meta.len(),
             modified: meta.modified().ok(),
+            changed: (meta.ctime(), meta.ctime_nsec()),
             inode: meta.ino(),
         })
     }
@@ -164,6 +165,8 @@ pub struct SharedFile {
     /// Size when opened: the layout is computed from it, so reads past it are refused.
     len: u64,
     modified: Option<SystemTime>,
+    /// Inode change time when opened (seconds, nanoseconds): part of the hash-cache key.
+    changed: (i64, i64),
     /// Inode when opened: part of the hash-cache key.
     inode: u64,
 }
@@ -193,6 +196,24 @@ impl SharedFile {
     pub fn inode(&self) -> u64 {
         self.inode
     }
+
+    /// Inode change time (ctime) when opened, as (seconds, nanoseconds) since the epoch.
+    pub fn changed(&self) -> (i64, i64) {
+        self.changed
+    }
+
+    /// True if size, mtime, ctime and inode are still what they were at open (fstat now).
+    pub fn unchanged(&self) -> bool {
+        match self.file.metadata() {
+            Ok(m) => {
+                m.len() == self.len
+                    && m.modified().ok() == self.modified
+                    && (m.ctime(), m.ctime_nsec()) == self.changed
+                    && m.ino() == self.inode
+            }
+            Err(_) => false,
+        }
+    }
 }
 
 impl PieceStore for SharedFile {
@@ -206,6 +227,15 @@ impl PieceStore for SharedFile {
         self.file
             .read_exact_at(buf, offset)
             .map_err(|e| io_err(&self.name, "read", e))
+    }
+
+    fn read_at_uninit<'a>(
+        &self,
+        offset: u64,
+        buf: &'a mut [std::mem::MaybeUninit<u8>],
+    ) -> Result<&'a mut [u8], StorageError> {
+        check_range(&self.name, "read", self.len, offset, buf.len())?;
+        super::pread_exact(&self.file, &self.name, offset, buf)
     }
 
     fn write_at(&mut self, _offset: u64, _data: &[u8]) -> Result<(), StorageError> {

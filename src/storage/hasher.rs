@@ -1,8 +1,8 @@
 //! [`PieceHasher`]: hash a file's pieces a bounded amount at a time.
 //!
-//! Hashing a 1 GiB file takes about a second; the reactor cannot wait that
-//! long, so the node calls [`PieceHasher::step`] with a byte budget between
-//! rounds of network events until it returns `Ok(true)`.
+//! Hashing a 1 GiB file takes about a second. [`PieceHasher::step`] hashes a
+//! byte budget at a time, so a caller can interleave it with other work; the
+//! node runs it to the end on its disk thread ([`super::Folder::piece_hashes`]).
 
 use super::{hash_piece, Hash, Layout, PieceStore, StorageError};
 

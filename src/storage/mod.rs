@@ -9,8 +9,16 @@
 //! A file is described by a [`Layout`] (size and piece size). Every piece has
 //! a BLAKE3 hash ([`hash_piece`]); the [`root_hash`] over the layout and all
 //! piece hashes names one version of a file, so two different files of the
-//! same name are never confused. [`PieceHasher`] hashes a shared file a few
-//! pieces at a time so the reactor never stalls on a big file.
+//! same name are never confused. [`Folder::piece_hashes`] hashes a shared file
+//! (or takes its hashes from the cache beside it, [`PieceHashes::from_cache`]).
+//!
+//! # Slow disk work
+//!
+//! [`DiskWorker`] is one thread for what can take seconds: the fsync and
+//! rename that finish a download, and hashing a file to publish it. It
+//! reports through a callback (the node's reactor wake handle), so the network
+//! thread never waits on the disk. A download attached to it also kicks
+//! writeback of its data as it goes, so the final fsync is short.
 //!
 //! # Files on disk
 //!
@@ -23,7 +31,7 @@
 //! | `DIR/NAME` | a finished or shared file |
 //! | `DIR/.NAME.<root8>.shoal-part` | the data of a download in progress (size preallocated) |
 //! | `DIR/.NAME.<root8>.shoal-state` | its resume state: header + one byte per piece |
-//! | `DIR/.NAME.shoal-hashes` | cached piece hashes of a shared file ([`Folder::load_hashes`]) |
+//! | `DIR/.NAME.shoal-hashes` | cached piece hashes of a shared file ([`Folder::load_hashes`], key in `hashcache.rs`) |
 //!
 //! `<root8>` is the first 8 hex digits of the root hash, so a download of
 //! another version of the same name never reuses stale data. If
@@ -42,7 +50,10 @@
 //! [`StorageError::DiskFull`] so callers can tell the user something useful.
 
 use std::fmt;
+use std::fs::File;
 use std::io;
+use std::mem::MaybeUninit;
+use std::os::unix::io::AsRawFd;
 
 mod folder;
 mod hashcache;
@@ -50,12 +61,15 @@ mod hasher;
 mod memstore;
 mod partial;
 mod secret;
+mod worker;
 
 pub use folder::{Folder, SharedFile};
+pub use hashcache::PieceHashes;
 pub use hasher::PieceHasher;
 pub use memstore::MemStore;
 pub use partial::PartialFile;
 pub use secret::SECRET_FILE;
+pub use worker::{DiskDone, DiskWorker};
 
 /// BLAKE3 hash of one piece, or of a whole layout (the root).
 pub type Hash = [u8; 32];
@@ -292,6 +306,21 @@ pub trait PieceStore {
     }
     /// Fill `buf` from `offset` (read_exact semantics: a short read is an error).
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), StorageError>;
+    /// As `read_at` into uninitialised memory, returning `buf` initialised (files read
+    /// into it directly; the default zeroes it first).
+    fn read_at_uninit<'a>(
+        &self,
+        offset: u64,
+        buf: &'a mut [MaybeUninit<u8>],
+    ) -> Result<&'a mut [u8], StorageError> {
+        for b in buf.iter_mut() {
+            b.write(0);
+        }
+        // SAFETY: every byte was just written, and MaybeUninit<u8> has the layout of u8.
+        let buf = unsafe { &mut *(buf as *mut [MaybeUninit<u8>] as *mut [u8]) };
+        self.read_at(offset, buf)?;
+        Ok(buf)
+    }
     /// Write all of `data` at `offset` (write_all semantics); writing past `len()` is an error.
     fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<(), StorageError>;
 }
@@ -313,6 +342,60 @@ pub(crate) fn check_range(
             format!("range {offset}+{len} is past the end of the file ({size} bytes)"),
         )),
     }
+}
+
+/// `pread` until `buf` is full, straight into uninitialised memory (no memset first);
+/// a short file is `UnexpectedEof`. Returns `buf`, now initialised.
+pub(crate) fn pread_exact<'a>(
+    file: &File,
+    name: &str,
+    offset: u64,
+    buf: &'a mut [MaybeUninit<u8>],
+) -> Result<&'a mut [u8], StorageError> {
+    let mut done = 0usize;
+    while done < buf.len() {
+        let at = offset
+            .checked_add(done as u64)
+            .and_then(|a| libc::off_t::try_from(a).ok())
+            .ok_or_else(|| {
+                own_err(
+                    name,
+                    "read",
+                    io::ErrorKind::InvalidInput,
+                    format!("offset {offset} too large"),
+                )
+            })?;
+        let rest = &mut buf[done..];
+        // SAFETY: the pointer and length describe `rest`, writable memory we borrow
+        // mutably; pread writes at most that many bytes and never reads them.
+        let n = unsafe {
+            libc::pread(
+                file.as_raw_fd(),
+                rest.as_mut_ptr().cast::<libc::c_void>(),
+                rest.len(),
+                at,
+            )
+        };
+        match n {
+            0 => {
+                return Err(io_err(
+                    name,
+                    "read",
+                    io::Error::new(io::ErrorKind::UnexpectedEof, "file shorter than expected"),
+                ))
+            }
+            n if n > 0 => done += n as usize,
+            _ => {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(io_err(name, "read", e));
+                }
+            }
+        }
+    }
+    // SAFETY: the loop ran until pread had written all `buf.len()` bytes, so every
+    // byte is initialised; MaybeUninit<u8> has the layout of u8.
+    Ok(unsafe { &mut *(buf as *mut [MaybeUninit<u8>] as *mut [u8]) })
 }
 
 #[cfg(test)]

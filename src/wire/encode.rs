@@ -1,8 +1,9 @@
-//! Message → frame: `encode`, `encoded_len` and the zero-copy `encode_block_with`.
+//! Message → frame: `encode`, `encoded_len` and the zero-copy `encode_block_with` / `encode_block_uninit`.
 //!
 //! The encoder enforces every rule the decoder does, so whatever `encode`
 //! accepts decodes back to the same message under default [`Limits`](super::Limits).
 
+use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 
 use super::decode::{check_hash_range, check_spare_bits, FILE_INFO_LEN};
@@ -81,6 +82,57 @@ pub fn encode_block_with<E>(
     if let Err(e) = fill(&mut out[data_start..]) {
         out.truncate(start);
         return Err(e);
+    }
+    put_crc(out, start);
+    Ok(())
+}
+
+/// As [`encode_block_with`], without zeroing the data area first: `fill` gets it
+/// uninitialised and returns it initialised (a `pread` into `MaybeUninit`, say).
+///
+/// `fill` must return the very slice it was given, fully initialised; if it
+/// returns anything else (a bug), the area is zeroed and what it returned is
+/// copied in, so the frame is still well formed and nothing unsound happens.
+pub fn encode_block_uninit<E>(
+    out: &mut Vec<u8>,
+    root: &RootHash,
+    piece: u32,
+    offset: u32,
+    len: usize,
+    fill: impl for<'a> FnOnce(&'a mut [MaybeUninit<u8>]) -> Result<&'a mut [u8], E>,
+) -> Result<(), E> {
+    debug_assert!(
+        (1..=MAX_BLOCK_LEN as usize).contains(&len),
+        "encode_block_uninit: len {len} not in 1..=MAX_BLOCK_LEN"
+    );
+    let start = out.len();
+    let payload_len = BLOCK_HEADER_LEN + len;
+    out.reserve(HEADER_LEN + payload_len + TRAILER_LEN);
+    put_header(out, kind::FILE_COMMUNICATION, payload_len as u32);
+    out.extend_from_slice(root);
+    out.extend_from_slice(&piece.to_be_bytes());
+    out.extend_from_slice(&offset.to_be_bytes());
+    let data_start = out.len();
+    // `reserve` above leaves at least `len + TRAILER_LEN` spare bytes.
+    let area = &mut out.spare_capacity_mut()[..len];
+    let want = area.as_ptr().cast::<u8>();
+    let filled = match fill(area) {
+        Ok(filled) => filled,
+        Err(e) => {
+            out.truncate(start);
+            return Err(e);
+        }
+    };
+    if filled.as_ptr() == want && filled.len() == len {
+        // SAFETY: `filled` is a `&mut [u8]` over exactly out[data_start..data_start + len]
+        // (same start, same length), so those bytes are initialised, and they lie within
+        // the capacity reserved above.
+        unsafe { out.set_len(data_start + len) };
+    } else {
+        let copy = filled.to_vec();
+        out.resize(data_start + len, 0);
+        let n = copy.len().min(len);
+        out[data_start..data_start + n].copy_from_slice(&copy[..n]);
     }
     put_crc(out, start);
     Ok(())

@@ -84,7 +84,7 @@ mod message;
 
 pub use decode::{decode_frame, decode_payload, Decoded};
 pub use decoder::Decoder;
-pub use encode::{encode, encode_block_with, encoded_len, BLOCK_HEADER_LEN};
+pub use encode::{encode, encode_block_uninit, encode_block_with, encoded_len, BLOCK_HEADER_LEN};
 pub use error::WireError;
 pub use frame::{check_header, kind, FrameHeader, HeaderStatus, Limits};
 pub use message::*;

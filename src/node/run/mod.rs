@@ -20,7 +20,7 @@ use super::progress::ProgressView;
 use super::rate::TokenBucket;
 use super::serve::{serve_block, FileView, Library, ServeConn, ServeOutcome};
 use crate::reactor::{CloseReason, ConnId, Ctx, Handler, ListenerId, Reactor, Stopper};
-use crate::storage::{self, Folder, Hash, Layout, PartialFile, PieceHasher, SharedFile};
+use crate::storage::{self, DiskDone, DiskWorker, Folder, Hash, Layout, PartialFile, SharedFile};
 use crate::tracker::short_hex;
 use crate::wire::{
     self, Decoded, ErrorCode, FileInfo, Limits, Message, NodeSecret, NodeToTracker, RootHash,
@@ -28,8 +28,6 @@ use crate::wire::{
 
 /// The one reactor timer key the node uses.
 const WAKE: u64 = 1;
-/// Bytes of pieces hashed per loop turn while publishing a file, so serving never stalls long.
-const HASH_STEP: u64 = 16 << 20;
 /// Pending output a serving connection is topped up to.
 const SERVE_TARGET: usize = 2 << 20;
 /// Longest wait between tracker reconnect attempts.
@@ -76,6 +74,9 @@ pub fn bind(config: NodeConfig) -> io::Result<NodeServer> {
         reactor.enable_stdin()?;
     }
     reactor.enable_signals()?;
+    let waker = reactor.waker();
+    // fsyncs and hashing run there, so a slow disk never stalls the network.
+    let disk = DiskWorker::start(move || waker.wake())?;
     let now = reactor.ctx().now();
     let node = Node {
         bucket: config
@@ -89,6 +90,7 @@ pub fn bind(config: NodeConfig) -> io::Result<NodeServer> {
         tracker: TrackerLink::default(),
         shared: HashMap::new(),
         hashing: Vec::new(),
+        disk,
         downloads: BTreeMap::new(),
         wake_at: None,
         stopper: reactor.stopper(),
@@ -123,7 +125,12 @@ impl NodeServer {
     pub fn run(mut self) -> io::Result<RunReport> {
         let node = &mut self.node;
         node.start(self.reactor.ctx());
-        self.reactor.run(node)?;
+        let ran = self.reactor.run(node);
+        // A download whose rename was queued when the node stopped still ends (and is reported).
+        for done in self.node.disk.drain() {
+            self.node.disk_done(self.reactor.ctx(), done);
+        }
+        ran?;
         Ok(self.node.report.clone())
     }
 }
@@ -153,12 +160,10 @@ struct Shared {
     store: SharedFile,
 }
 
-/// A file being hashed before it is published.
+/// A file being hashed (on the disk worker) before it is published.
 struct HashJob {
     name: String,
     layout: Layout,
-    store: SharedFile,
-    hasher: PieceHasher,
 }
 
 /// A download and the connections of its owners.
@@ -184,6 +189,8 @@ struct Node {
     tracker: TrackerLink,
     shared: HashMap<RootHash, Shared>,
     hashing: Vec<HashJob>,
+    /// The thread for fsync + rename and hashing.
+    disk: DiskWorker,
     downloads: BTreeMap<String, Transfer>,
     bucket: Option<TokenBucket>,
     wake_at: Option<Instant>,
@@ -271,9 +278,6 @@ impl Node {
 
     fn tick(&mut self, ctx: &mut Ctx) {
         let now = ctx.now();
-        if !self.hashing.is_empty() {
-            self.hash_step(ctx);
-        }
         if self.tracker.retry_at.is_some_and(|t| t <= now) {
             self.connect_tracker(ctx);
         }
@@ -326,9 +330,6 @@ impl Node {
         let now = ctx.now();
         let mut next: Option<Instant> = None;
         let mut consider = |t: Instant| next = Some(next.map_or(t, |n: Instant| n.min(t)));
-        if !self.hashing.is_empty() {
-            consider(now);
-        }
         if let Some(t) = self.tracker.retry_at {
             consider(t);
         }
@@ -367,7 +368,9 @@ impl Node {
         self.tell_tracker(ctx, &NodeToTracker::Exit);
         let names: Vec<String> = self.downloads.keys().cloned().collect();
         for name in names {
-            if self.downloads.get(&name).is_some_and(|t| !t.dl.is_over()) {
+            // A download being flushed and renamed is left to end: `run` waits for it.
+            let running = |t: &Transfer| !t.dl.is_over() && t.dl.phase() != Phase::Finishing;
+            if self.downloads.get(&name).is_some_and(running) {
                 self.with_download(ctx, &name, |dl, io| {
                     dl.abort("stopped; verified pieces are kept for a resume".into(), io)
                 });
@@ -483,13 +486,29 @@ impl Handler for Node {
     }
 
     fn on_wake(&mut self, ctx: &mut Ctx) {
+        while let Some(done) = self.disk.try_next() {
+            self.disk_done(ctx, done);
+        }
         if self.stopper.is_stopped() {
             self.shutdown(ctx);
         }
+        self.schedule(ctx);
     }
 }
 
 impl Node {
+    /// A disk job ended: a download renamed into place (or not), or a file hashed.
+    fn disk_done(&mut self, ctx: &mut Ctx, done: DiskDone) {
+        match done {
+            DiskDone::Finished { name, result } => self.finished(ctx, &name, result),
+            DiskDone::Hashed {
+                file,
+                piece_size,
+                result,
+            } => self.hashed(ctx, file, piece_size, result),
+        }
+    }
+
     /// Closes serving connections that sent nothing for [`SERVE_IDLE`].
     fn close_idle_serving(&mut self, ctx: &mut Ctx) {
         let now = ctx.now();

@@ -63,7 +63,7 @@ pub(super) fn partial_view(t: &Transfer) -> Option<FileView<'_>> {
 }
 
 impl Node {
-    pub(super) fn upload(&mut self, ctx: &mut Ctx, name: &str) {
+    pub(super) fn upload(&mut self, _ctx: &mut Ctx, name: &str) {
         if let Err(e) = storage::check_name(name) {
             log::error!("upload {name}: name refused: {e}");
             return;
@@ -96,45 +96,50 @@ impl Node {
             return;
         }
         log::info!(
-            "upload {name}: hashing {} bytes in {} pieces",
+            "upload {name}: hashing {} bytes in {} pieces (unless its hash cache is current)",
             layout.size,
             layout.piece_count()
         );
         self.hashing.push(HashJob {
             name: name.to_owned(),
             layout,
-            store,
-            hasher: PieceHasher::new(layout),
         });
-        self.schedule(ctx);
+        // Reading a big file takes seconds: the disk thread does it, `hashed` follows.
+        self.disk.hash(&self.folder, store, layout.piece_size);
     }
 
-    pub(super) fn hash_step(&mut self, ctx: &mut Ctx) {
-        let mut finished = Vec::new();
-        for (i, job) in self.hashing.iter_mut().enumerate() {
-            match job.hasher.step(&job.store, HASH_STEP) {
-                Ok(true) => finished.push(i),
-                Ok(false) => {}
-                Err(e) => {
-                    log::error!("upload {}: cannot read it: {e}", job.name);
-                    finished.push(i);
-                    job.layout.piece_size = 0;
-                }
+    /// The disk thread hashed `store` (or found its hashes cached): publish it.
+    pub(super) fn hashed(
+        &mut self,
+        ctx: &mut Ctx,
+        store: SharedFile,
+        piece_size: u32,
+        result: Result<storage::PieceHashes, storage::StorageError>,
+    ) {
+        let name = store.name().to_owned();
+        self.hashing.retain(|j| j.name != name);
+        let hashed = match result {
+            Ok(hashed) => hashed,
+            Err(e) => {
+                log::error!("upload {name}: cannot read it: {e}");
+                return;
             }
+        };
+        let layout = Layout {
+            size: store.len(),
+            piece_size,
+        };
+        if hashed.from_cache {
+            log::info!(
+                "upload {name}: piece hashes from its cache (size, times and inode unchanged)"
+            );
         }
-        for i in finished.into_iter().rev() {
-            let job = self.hashing.remove(i);
-            if job.layout.piece_size == 0 {
-                continue;
-            }
-            let hashes = job.hasher.into_hashes();
-            let info = FileInfo {
-                size: job.layout.size,
-                piece_size: job.layout.piece_size,
-                root: storage::root_hash(job.layout, &hashes),
-            };
-            self.publish(ctx, job.name, info, hashes, job.store);
-        }
+        let info = FileInfo {
+            size: layout.size,
+            piece_size,
+            root: storage::root_hash(layout, &hashed.hashes),
+        };
+        self.publish(ctx, name, info, hashed.hashes, store);
     }
 
     pub(super) fn publish(

@@ -142,7 +142,10 @@ impl Node {
             size: info.size,
             piece_size: info.piece_size,
         };
-        let opened = self.folder.begin_download(file, layout, &info.root);
+        let mut opened = self.folder.begin_download(file, layout, &info.root);
+        if let Ok(partial) = opened.as_mut() {
+            partial.start_writeback_with(&self.disk);
+        }
         let now = ctx.now();
         self.with_download(ctx, file, |dl, io| match opened {
             Ok(partial) => {
@@ -194,14 +197,42 @@ impl Node {
         }
     }
 
-    pub(super) fn complete(&mut self, ctx: &mut Ctx, file: &str) {
+    /// Every piece is verified: the fsync and rename go to the disk thread, `finished` follows.
+    ///
+    /// Meanwhile the download stays in its finishing phase: not served (its store is
+    /// gone), not shown at 100 %, and a second `download` of the name is refused.
+    pub(super) fn complete(&mut self, _ctx: &mut Ctx, file: &str) {
+        let Some(transfer) = self.downloads.get_mut(file) else {
+            return;
+        };
+        let Some(partial) = transfer.dl.take_store() else {
+            return;
+        };
+        self.disk.finish(partial);
+    }
+
+    /// The disk thread flushed and renamed `file` (or could not): report it and share it.
+    pub(super) fn finished(
+        &mut self,
+        ctx: &mut Ctx,
+        file: &str,
+        moved: Result<std::path::PathBuf, storage::StorageError>,
+    ) {
         let now = ctx.now();
         let Some(transfer) = self.downloads.get_mut(file) else {
             return;
         };
-        let (Some(info), Some(partial)) = (transfer.dl.info(), transfer.dl.take_store()) else {
+        let Some(info) = transfer.dl.info() else {
             return;
         };
+        if let Err(e) = moved {
+            let reason = format!("cannot flush it and rename it into place: {e}");
+            self.with_download(ctx, file, |dl, io| dl.abort(reason, io));
+            return;
+        }
+        transfer.dl.finished();
+        transfer.view.update(now, &transfer.dl.progress());
+        transfer.view.finish(true);
         let hashes = transfer.dl.hashes_owned();
         let (fetched, kept) = (transfer.dl.fetched_bytes(), transfer.dl.kept_bytes());
         let sources: Vec<String> = transfer
@@ -210,22 +241,10 @@ impl Node {
             .iter()
             .map(|(name, bytes)| format!("{name} {bytes}"))
             .collect();
-        let moved = partial.finish();
-        // From the request to the file flushed and renamed: the fsync is part of the download.
-        let elapsed = ctx
-            .refresh_now()
+        // Up to the rename, fsync included: when the file is really there.
+        let elapsed = now
             .saturating_duration_since(transfer.started)
             .as_secs_f64();
-        if moved.is_ok() {
-            transfer.dl.finished();
-            transfer.view.update(now, &transfer.dl.progress());
-            transfer.view.finish(true);
-        }
-        if let Err(e) = moved {
-            let reason = format!("cannot move it into place: {e}");
-            self.with_download(ctx, file, |dl, io| dl.abort(reason, io));
-            return;
-        }
         let rate = info.size as f64 / elapsed.max(1e-6) / f64::from(1 << 20);
         println!(
             "downloaded {file} ({} bytes in {elapsed:.2} s = {rate:.1} MiB/s, from the request to the file verified, flushed to disk and renamed; fetched {fetched} bytes, kept {kept} from an earlier run)",
