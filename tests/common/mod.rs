@@ -496,11 +496,12 @@ pub fn assert_same_file(dir: &Path, name: &str, want: &[u8]) {
     }
 }
 
-/// Names in `dir`, sorted.
+/// The names in `dir`, sorted, but the node secret every folder a node ran in holds.
 pub fn list_dir(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n != shoal::storage::SECRET_FILE)
         .collect();
     names.sort();
     names
