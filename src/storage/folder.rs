@@ -172,6 +172,11 @@ pub struct SharedFile {
 }
 
 impl SharedFile {
+    /// A second handle on the same open file (for the disk thread).
+    pub(crate) fn try_clone_file(&self) -> io::Result<File> {
+        self.file.try_clone()
+    }
+
     /// Size in bytes when the file was opened.
     pub fn len(&self) -> u64 {
         self.len
@@ -236,6 +241,15 @@ impl PieceStore for SharedFile {
     ) -> Result<&'a mut [u8], StorageError> {
         check_range(&self.name, "read", self.len, offset, buf.len())?;
         super::pread_exact(&self.file, &self.name, offset, buf)
+    }
+
+    fn read_cached_uninit<'a>(
+        &self,
+        offset: u64,
+        buf: &'a mut [std::mem::MaybeUninit<u8>],
+    ) -> Result<Option<&'a mut [u8]>, StorageError> {
+        check_range(&self.name, "read", self.len, offset, buf.len())?;
+        super::cached::pread_cached(&self.file, &self.name, offset, buf)
     }
 
     fn write_at(&mut self, _offset: u64, _data: &[u8]) -> Result<(), StorageError> {

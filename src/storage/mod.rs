@@ -55,6 +55,7 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::os::unix::io::AsRawFd;
 
+mod cached;
 mod folder;
 mod hashcache;
 mod hasher;
@@ -320,6 +321,15 @@ pub trait PieceStore {
         let buf = unsafe { &mut *(buf as *mut [MaybeUninit<u8>] as *mut [u8]) };
         self.read_at(offset, buf)?;
         Ok(buf)
+    }
+    /// As `read_at_uninit`, but `Ok(None)` instead of waiting for a disk: served only from
+    /// memory (the page cache for files; stores in memory are always ready).
+    fn read_cached_uninit<'a>(
+        &self,
+        offset: u64,
+        buf: &'a mut [MaybeUninit<u8>],
+    ) -> Result<Option<&'a mut [u8]>, StorageError> {
+        self.read_at_uninit(offset, buf).map(Some)
     }
     /// Write all of `data` at `offset` (write_all semantics); writing past `len()` is an error.
     fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<(), StorageError>;

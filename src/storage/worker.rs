@@ -33,6 +33,13 @@ pub(crate) enum Job {
         file: SharedFile,
         piece_size: u32,
     },
+    /// Read a range into the page cache, then report `key` (a serve read that would wait).
+    Warm {
+        file: File,
+        offset: u64,
+        len: u64,
+        key: u64,
+    },
     /// Start writeback of `len` bytes at `offset` (0 = to the end of the file).
     Writeback {
         file: Arc<File>,
@@ -61,6 +68,12 @@ pub enum DiskDone {
         piece_size: u32,
         /// Its hashes, or the read error.
         result: Result<PieceHashes, StorageError>,
+    },
+    /// A range asked for with [`DiskWorker::warm`] is in the page cache now (or could not
+    /// be read: the serve path's own read then says why).
+    Warmed {
+        /// The key the driver gave.
+        key: u64,
     },
 }
 
@@ -139,6 +152,27 @@ impl DiskWorker {
             file,
             piece_size,
         });
+    }
+
+    /// Queues reading `len` bytes at `offset` of `file` into the page cache; a
+    /// [`DiskDone::Warmed`] with `key` follows. False if the file cannot be handed over
+    /// (then nothing follows and the caller reads it itself).
+    pub fn warm(&mut self, file: &SharedFile, offset: u64, len: u64, key: u64) -> bool {
+        match file.try_clone_file() {
+            Ok(file) => {
+                self.queue(Job::Warm {
+                    file,
+                    offset,
+                    len,
+                    key,
+                });
+                true
+            }
+            Err(e) => {
+                log::debug!("{}: cannot hand it to the disk thread: {e}", file.name());
+                false
+            }
+        }
     }
 
     /// The next result, if one is ready (never blocks).
@@ -220,6 +254,15 @@ fn run(job: Job, stop: &AtomicBool) -> Option<DiskDone> {
                 piece_size,
                 result,
             })
+        }
+        Job::Warm {
+            file,
+            offset,
+            len,
+            key,
+        } => {
+            super::cached::warm(&file, offset, len, &mut Vec::new());
+            Some(DiskDone::Warmed { key })
         }
         Job::Writeback { file, offset, len } => {
             start_writeback(&file, offset, len);

@@ -506,6 +506,8 @@ impl Node {
                 piece_size,
                 result,
             } => self.hashed(ctx, file, piece_size, result),
+            // Nothing asks for warm reads yet.
+            DiskDone::Warmed { .. } => {}
         }
     }
 
