@@ -51,10 +51,15 @@ impl PeerIo for DlIo<'_> {
 }
 
 impl Node {
-    /// Starts a download; false (with the reason logged) if it cannot start.
-    pub(super) fn download(&mut self, ctx: &mut Ctx, name: &str) -> bool {
+    /// Starts a download (of the content `pin` names, if given); false (with the reason
+    /// logged) if it cannot start.
+    pub(super) fn download(&mut self, ctx: &mut Ctx, name: &str, pin: Option<RootPin>) -> bool {
         if let Err(e) = storage::check_name(name) {
-            log::error!("download {name}: name refused: {e}");
+            log::error!(
+                "download {}: name refused: {}",
+                esc(name),
+                esc(&e.to_string())
+            );
             return false;
         }
         if self.downloads.get(name).is_some_and(|t| !t.dl.is_over()) {
@@ -69,9 +74,14 @@ impl Node {
             return false;
         }
         let now = ctx.now();
+        let mut dl = Download::new(name, &self.config.name, self.config.download.clone(), now);
+        if let Some(pin) = pin {
+            log::info!("download {name}: pinned to root {}…", pin.as_str());
+            dl = dl.with_pin(pin);
+        }
         let transfer = Transfer {
             key: Arc::from(name),
-            dl: Download::new(name, &self.config.name, self.config.download.clone(), now),
+            dl,
             slots: HashMap::new(),
             started: now,
             announced: false,

@@ -1,0 +1,72 @@
+//! Text a node shows people: result lines on standard output, names in logs.
+
+use std::fmt;
+use std::io::Write as _;
+
+/// Writes one line on standard output, ignoring errors: a reader that went away
+/// (`shoal-node … | head`) must not stop a node that is serving others.
+pub fn say_line(args: fmt::Arguments<'_>) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{args}");
+}
+
+/// `println!` that never panics: see [`say_line`].
+macro_rules! say {
+    ($($arg:tt)*) => {
+        $crate::node::text::say_line(format_args!($($arg)*))
+    };
+}
+pub(crate) use say;
+
+/// A name as it may be logged: control characters (which could forge log lines or
+/// move the terminal's cursor) and backslashes are escaped, everything else kept.
+#[derive(Clone, Copy, Debug)]
+pub struct Escaped<'a>(pub &'a str);
+
+impl fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for c in self.0.chars() {
+            if c.is_control() || c == '\\' {
+                write!(f, "{}", c.escape_debug())?;
+            } else {
+                write!(f, "{c}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Lowercase hex of `bytes` (a root hash in full, to pin a download to it).
+pub fn hex(bytes: &[u8]) -> String {
+    use fmt::Write as _;
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+/// Shorthand for [`Escaped`].
+pub fn esc(name: &str) -> Escaped<'_> {
+    Escaped(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_are_escaped_and_plain_names_kept() {
+        assert_eq!(esc("video.mkv").to_string(), "video.mkv");
+        assert_eq!(esc("été ü.bin").to_string(), "été ü.bin");
+        assert_eq!(
+            esc("a\nINFO fake line\r\x1b[2J\0b").to_string(),
+            "a\\nINFO fake line\\r\\u{1b}[2J\\0b"
+        );
+        assert_eq!(esc("back\\slash").to_string(), "back\\\\slash");
+        assert!(!esc("\u{7f}\u{85}x")
+            .to_string()
+            .chars()
+            .any(char::is_control));
+    }
+}
