@@ -153,7 +153,14 @@ impl<S: PartStore> Download<S> {
                 picker.missing(),
                 picker.have().len()
             ),
-            None => format!("{}: no reachable owner answered for {waited:.0} s", self.name),
+            None if self.abandoned.is_empty() => {
+                format!("{}: no reachable owner answered for {waited:.0} s", self.name)
+            }
+            None => format!(
+                "{}: no reachable owner answered for {waited:.0} s; {}",
+                self.name,
+                self.no_version_reason()
+            ),
         };
         self.fail(io, reason);
     }

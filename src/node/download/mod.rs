@@ -21,6 +21,8 @@ use std::time::{Duration, Instant};
 
 mod health;
 mod pieces;
+#[cfg(test)]
+mod tests;
 mod versions;
 
 use versions::Listed;
@@ -195,7 +197,8 @@ pub struct Download<S> {
     listed: Vec<Listed>,
     /// Versions given up on, with why; never tried again in this download.
     abandoned: Vec<(FileInfo, String)>,
-    /// When an owner last answered for the current version or sent hashes it needed.
+    /// When the current version was chosen or last got hashes it needed (an answer to the
+    /// size question alone proves nothing: anyone can echo the layout back).
     version_progress: Instant,
     /// Hash ranges (first, count) asked of the hash source and not yet answered.
     hash_asked: Vec<(u32, u32)>,
@@ -557,7 +560,6 @@ impl<S: PartStore> Download<S> {
         peer.phase = PeerPhase::Ready;
         peer.last_progress = now;
         peer.has = has;
-        self.version_progress = now;
         if let Some(c) = self.candidates.get_mut(&peer.addr) {
             c.failures = 0;
         }
