@@ -19,14 +19,14 @@ macro_rules! say {
 pub(crate) use say;
 
 /// A name as it may be logged: control characters (which could forge log lines or
-/// move the terminal's cursor) and backslashes are escaped, everything else kept.
+/// move the terminal's cursor) are escaped as Rust writes them, everything else kept.
 #[derive(Clone, Copy, Debug)]
 pub struct Escaped<'a>(pub &'a str);
 
 impl fmt::Display for Escaped<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for c in self.0.chars() {
-            if c.is_control() || c == '\\' {
+            if c.is_control() {
                 write!(f, "{}", c.escape_debug())?;
             } else {
                 write!(f, "{c}")?;
@@ -63,7 +63,7 @@ mod tests {
             esc("a\nINFO fake line\r\x1b[2J\0b").to_string(),
             "a\\nINFO fake line\\r\\u{1b}[2J\\0b"
         );
-        assert_eq!(esc("back\\slash").to_string(), "back\\\\slash");
+        assert_eq!(esc("back\\slash").to_string(), "back\\slash");
         assert!(!esc("\u{7f}\u{85}x")
             .to_string()
             .chars()

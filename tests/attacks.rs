@@ -1,0 +1,309 @@
+//! Hostile peers against real node processes, each beside an honest download that must
+//! complete byte-identical while the attack fails.
+//!
+//! Each test prints what the attack cost: the attacked process's peak RSS (VmHWM) and
+//! the honest download's time with and without the attack. Those figures are printed,
+//! never asserted (the machine is shared); memory bounds are asserted generously.
+
+mod common;
+
+use std::io::Write as _;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::thread;
+use std::time::Duration;
+
+use common::*;
+use shoal::wire::{encode, FileInfo, Message};
+
+/// Downloads `file` with a fresh node (commands on stdin) that leaves once it has it;
+/// returns the seconds the download took (as the node measured it), its peak RSS in KiB,
+/// and its log.
+fn timed_download_log(
+    tracker: &Tracker,
+    name: &str,
+    file: &str,
+    want: &[u8],
+) -> (f64, u64, Vec<String>) {
+    let dir = tempdir();
+    let mut node = Node::start(name, tracker, dir.path(), &[]);
+    node.send(&format!("download {file}"));
+    let line = node.wait_downloaded(file);
+    let peak = proc_kib(node.proc.pid(), "VmHWM");
+    node.send("exit");
+    let status = node.proc.wait_exit();
+    assert!(status.success(), "{}", node.proc.dump());
+    assert_same_file(dir.path(), file, want);
+    (seconds_of(&line), peak, node.proc.stderr_lines())
+}
+
+/// [`timed_download_log`] without the log.
+fn timed_download(tracker: &Tracker, name: &str, file: &str, want: &[u8]) -> (f64, u64) {
+    let (secs, peak, _) = timed_download_log(tracker, name, file, want);
+    (secs, peak)
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+/// A port nothing listens on (bound, then released).
+fn dead_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+fn info_of(sharing: &str, piece_size: u32) -> FileInfo {
+    FileInfo {
+        size: sharing
+            .split_once(" (")
+            .and_then(|(_, rest)| rest.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .expect(sharing),
+        piece_size,
+        root: root_bytes(&root_of(sharing)),
+    }
+}
+
+#[test]
+fn hash_request_flood_on_connections_that_never_read() {
+    let tracker = Tracker::start();
+    let dir = tempdir();
+    // 4096 pieces of 16 KiB: every hash request for all of them is answered with 128 KiB.
+    let big = std::fs::File::create(dir.path().join("big.bin")).unwrap();
+    big.set_len(64 << 20).unwrap();
+    drop(big);
+    let small = random_bytes(2 << 20);
+    put_file(dir.path(), "small.bin", &small);
+    let victim = Node::start(
+        "victim",
+        &tracker,
+        dir.path(),
+        &[
+            "--upload",
+            "big.bin",
+            "--upload",
+            "small.bin",
+            "--piece-size",
+            "16K",
+        ],
+    );
+    let root = root_bytes(&root_of(&victim.wait_sharing("big.bin")));
+    victim.wait_sharing("small.bin");
+    let (quiet, _) = timed_download(&tracker, "before", "small.bin", &small);
+    let rss_before = proc_kib(victim.proc.pid(), "VmRSS");
+
+    // Three connections, 1000 requests each, replies never read: 375 MiB of answers
+    // if every request were answered at once.
+    let addr: SocketAddr = victim.addr.parse().unwrap();
+    let mut request = Vec::new();
+    for _ in 0..1000 {
+        let msg = Message::HashRequest {
+            root,
+            first: 0,
+            count: 4096,
+        };
+        encode(&msg, &mut request).unwrap();
+    }
+    let floods: Vec<TcpStream> = (0..3)
+        .map(|_| {
+            let mut s = TcpStream::connect(addr).unwrap();
+            s.write_all(&request).unwrap();
+            s
+        })
+        .collect();
+    // Give the node time to take in what it will (bounded; nothing is timed).
+    for _ in 0..20 {
+        thread::sleep(Duration::from_millis(100));
+    }
+    let (loud, _) = timed_download(&tracker, "during", "small.bin", &small);
+    let rss_after = proc_kib(victim.proc.pid(), "VmRSS");
+    let peak = proc_kib(victim.proc.pid(), "VmHWM");
+    println!(
+        "attack hash-request flood (3 connections x 1000 requests, never read): victim peak RSS {:.1} MiB \
+         (RSS {:.1} MiB before, {:.1} MiB during); honest download of 2 MiB {quiet:.2} s without, {loud:.2} s with",
+        mib(peak),
+        mib(rss_before),
+        mib(rss_after)
+    );
+    assert!(
+        rss_after < rss_before + 64 * 1024,
+        "RSS grew from {rss_before} KiB to {rss_after} KiB"
+    );
+    drop(floods);
+}
+
+#[test]
+fn fake_versions_beside_an_honest_owner() {
+    let tracker = Tracker::start();
+    let data = random_bytes(3 << 20);
+    let (honest, _honest_dir) = start_owner(&tracker, "honest", "f", &data, &[]);
+    let real = info_of(&honest.wait_sharing("f"), 1 << 20);
+    let (quiet, _) = timed_download(&tracker, "before", "f", &data);
+    tracker.wait_owners("f", &["honest"]);
+
+    // One owner announcing root 00…00 (at a port nobody serves), and two names announcing
+    // another root at the honest owner's port (which answers "not found" for it): both fake
+    // versions rank above the real one.
+    let honest_port: u16 = honest.addr.parse::<SocketAddr>().unwrap().port();
+    let zero = FileInfo {
+        root: [0; 32],
+        ..real
+    };
+    let other = FileInfo {
+        root: [0x11; 32],
+        ..real
+    };
+    let _fakes = [
+        fake_announce(&tracker.addr, "zero", dead_port(), "f", zero),
+        fake_announce(&tracker.addr, "fake-a", honest_port, "f", other),
+        fake_announce(&tracker.addr, "fake-b", honest_port, "f", other),
+    ];
+    tracker.wait_owners("f", &["honest", "zero", "fake-a", "fake-b"]);
+
+    let (loud, peak, log) = timed_download_log(&tracker, "victim", "f", &data);
+    let gave_up = log
+        .iter()
+        .filter(|l| l.contains("giving up on version"))
+        .count();
+    println!(
+        "attack fake versions (root 00..00 + two names with another root): downloader peak RSS {:.1} MiB; \
+         honest download of 3 MiB {quiet:.2} s without, {loud:.2} s with; {gave_up} fake versions given up",
+        mib(peak)
+    );
+    assert_eq!(gave_up, 2, "{}", log.join("\n"));
+}
+
+#[test]
+fn pinned_downloads_take_only_their_version() {
+    let tracker = Tracker::start();
+    let (a_data, b_data) = (random_bytes(1_500_000), random_bytes(1_200_000));
+    let (a, _a_dir) = start_owner(&tracker, "a", "f", &a_data, &[]);
+    let (b, _b_dir) = start_owner(&tracker, "b", "f", &b_data, &[]);
+    let root_a = root_of(&a.wait_sharing("f"));
+    let root_b = root_of(&b.wait_sharing("f"));
+    tracker.wait_owners("f", &["a", "b"]);
+
+    // On the command line, a 12-digit prefix.
+    let dir = tempdir();
+    let spec = format!("f@{}", &root_b[..12]);
+    let mut p1 = Node::start(
+        "p1",
+        &tracker,
+        dir.path(),
+        &["--download", &spec, "--exit-when-done"],
+    );
+    let status = p1.proc.wait_exit();
+    assert!(status.success(), "{}", p1.proc.dump());
+    assert_same_file(dir.path(), "f", &b_data);
+
+    // On stdin, the shortest prefix allowed, upper case.
+    let dir = tempdir();
+    let mut p2 = Node::start("p2", &tracker, dir.path(), &[]);
+    p2.send(&format!("download f --root {}", root_a[..8].to_uppercase()));
+    p2.wait_downloaded("f");
+    assert_same_file(dir.path(), "f", &a_data);
+    let contacted_b = p2
+        .proc
+        .stderr_lines()
+        .iter()
+        .any(|l| l.contains(&root_b[..8]));
+    assert!(!contacted_b, "{}", p2.proc.dump());
+}
+
+#[test]
+fn same_bytes_under_two_names_are_both_served() {
+    let tracker = Tracker::start();
+    let data = random_bytes(1 << 20);
+    let dir = tempdir();
+    put_file(dir.path(), "a.bin", &data);
+    put_file(dir.path(), "b.bin", &data);
+    let owner = Node::start(
+        "owner",
+        &tracker,
+        dir.path(),
+        &["--upload", "a.bin", "--upload", "b.bin"],
+    );
+    owner.wait_sharing("a.bin");
+    owner.wait_sharing("b.bin");
+    tracker.wait_owners("a.bin", &["owner"]);
+    tracker.wait_owners("b.bin", &["owner"]);
+    let down = tempdir();
+    let mut node = Node::start(
+        "d",
+        &tracker,
+        down.path(),
+        &[
+            "--download",
+            "a.bin",
+            "--download",
+            "b.bin",
+            "--exit-when-done",
+        ],
+    );
+    let status = node.proc.wait_exit();
+    assert!(status.success(), "{}", node.proc.dump());
+    assert_same_file(down.path(), "a.bin", &data);
+    assert_same_file(down.path(), "b.bin", &data);
+}
+
+#[test]
+fn a_shared_file_truncated_on_disk_is_withdrawn_and_rehashed_on_upload() {
+    let tracker = Tracker::start();
+    let data = random_bytes(2 << 20);
+    let (mut owner, dir) = start_owner(&tracker, "owner", "f", &data, &[]);
+    tracker.wait_owners("f", &["owner"]);
+    let path = dir.path().join("f");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+
+    // A downloader's question finds the change: the file is withdrawn, not served half.
+    let mark = tracker.proc.stderr_mark();
+    let down = tempdir();
+    let first = Node::start(
+        "first",
+        &tracker,
+        down.path(),
+        &["--download", "f", "--give-up-after", "2"],
+    );
+    let line = owner
+        .proc
+        .wait_stderr(|l| l.contains("changed on disk") && l.contains("no longer shared"));
+    assert!(line.contains("upload it again"), "{line}");
+    tracker.wait_owners_from(mark, "f", &[]);
+    drop(first);
+    assert!(!Path::new(&down.path().join("f")).exists());
+
+    // `upload f` again hashes what is there now, and that is what is downloaded.
+    let out = owner.proc.stdout_mark();
+    owner.send("upload f");
+    owner
+        .proc
+        .wait_stdout_from(out, |l| l.starts_with("sharing f ("));
+    let (took, _) = timed_download(&tracker, "second", "f", &data[..1 << 20]);
+    println!("attack file truncated while shared: withdrawn; download after re-upload {took:.2} s");
+}
+
+#[test]
+fn a_closed_stdout_does_not_stop_a_node_serving() {
+    let tracker = Tracker::start();
+    let data = random_bytes(1 << 20);
+    let dir = tempdir();
+    put_file(dir.path(), "f", &data);
+    let args = node_args("mute", &tracker.addr, dir.path());
+    let (mut mute, first) = Proc::spawn_stdout_closed("node mute", NODE, &args);
+    assert!(first.starts_with("node mute listening on"), "{first}");
+    // Both print on the closed pipe: `sharing f ...` and the command list.
+    mute.send("upload f");
+    mute.send("help");
+    tracker.wait_owners("f", &["mute"]);
+    let (took, _) = timed_download(&tracker, "reader", "f", &data);
+    mute.send("help");
+    let (took_again, _) = timed_download(&tracker, "reader2", "f", &data);
+    assert!(mute.is_running(), "{}", mute.dump());
+    println!("closed stdout: the node kept serving ({took:.2} s, then {took_again:.2} s)");
+}
