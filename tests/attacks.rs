@@ -7,14 +7,20 @@
 
 mod common;
 
-use std::io::Write as _;
+use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
-use shoal::wire::{encode, FileInfo, Message};
+use shoal::node::bitfield::Bitfield;
+use shoal::storage::{hash_piece, Hash};
+use shoal::wire::{
+    decode_frame, encode, Block, Decoded, FileInfo, Limits, Message, SizeInformation,
+};
 
 /// Downloads `file` with a fresh node (commands on stdin) that leaves once it has it;
 /// returns the seconds the download took (as the node measured it), its peak RSS in KiB,
@@ -306,4 +312,229 @@ fn a_closed_stdout_does_not_stop_a_node_serving() {
     let (took_again, _) = timed_download(&tracker, "reader2", "f", &data);
     assert!(mute.is_running(), "{}", mute.dump());
     println!("closed stdout: the node kept serving ({took:.2} s, then {took_again:.2} s)");
+}
+
+/// How a hand-written hostile owner behaves once it has answered the size question.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Hostile {
+    /// Answers a hash request with one hash every 5 s.
+    TrickleHashes,
+    /// Sends the right hashes, then a block nobody asked for every second instead of the ones asked.
+    UnaskedBlocks,
+}
+
+/// A hostile owner of `data` (as 16 KiB pieces) listening on loopback, on a thread; stopped on drop.
+struct FakeOwner {
+    port: u16,
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl FakeOwner {
+    fn start(data: &[u8], info: FileInfo, acts: Hostile) -> FakeOwner {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let hashes: Vec<Hash> = data
+            .chunks(info.piece_size as usize)
+            .map(hash_piece)
+            .collect();
+        let flag = Arc::clone(&stop);
+        let thread = thread::spawn(move || {
+            let mut conns = Vec::new();
+            // Bounded: 10 minutes at most, whatever happens.
+            for _ in 0..60_000 {
+                if flag.load(Ordering::Relaxed) {
+                    break;
+                }
+                if let Ok((stream, _)) = listener.accept() {
+                    stream.set_nonblocking(true).unwrap();
+                    conns.push(FakeConn::new(stream));
+                }
+                conns.retain_mut(|c| c.step(info, &hashes, acts));
+                thread::sleep(Duration::from_millis(10));
+            }
+        });
+        FakeOwner {
+            port,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for FakeOwner {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// One downloader connected to a [`FakeOwner`].
+struct FakeConn {
+    stream: TcpStream,
+    input: Vec<u8>,
+    /// Hashes still to trickle: (index, when).
+    trickle: Vec<(u32, Instant)>,
+    /// A block to imitate, and when the next fake one goes out.
+    unasked: Option<(shoal::wire::BlockRequest, Instant)>,
+}
+
+impl FakeConn {
+    fn new(stream: TcpStream) -> FakeConn {
+        FakeConn {
+            stream,
+            input: Vec::new(),
+            trickle: Vec::new(),
+            unasked: None,
+        }
+    }
+
+    /// Reads and answers what arrived; false once the connection is gone.
+    fn step(&mut self, info: FileInfo, hashes: &[Hash], acts: Hostile) -> bool {
+        let mut buf = [0u8; 4096];
+        match self.stream.read(&mut buf) {
+            Ok(0) => return false,
+            Ok(n) => self.input.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => return false,
+        }
+        let mut out = Vec::new();
+        let now = Instant::now();
+        let mut used = 0;
+        while let Ok(Decoded::Frame(msg, len)) =
+            decode_frame(&self.input[used..], &Limits::default())
+        {
+            used += len;
+            match msg {
+                Message::SizeInformation(SizeInformation::Question { name, .. }) => {
+                    let have = Bitfield::full(hashes.len() as u32);
+                    let answer = SizeInformation::Answer {
+                        name,
+                        info,
+                        have: have.as_bytes(),
+                    };
+                    encode(&Message::SizeInformation(answer), &mut out).unwrap();
+                }
+                Message::HashRequest { root, first, count } => match acts {
+                    Hostile::TrickleHashes => {
+                        for i in 0..count {
+                            let at = now + Duration::from_secs(5 * u64::from(i + 1));
+                            self.trickle.push((first + i, at));
+                        }
+                    }
+                    Hostile::UnaskedBlocks => {
+                        let range = &hashes[first as usize..(first + count) as usize];
+                        let msg = Message::Hashes {
+                            root,
+                            first,
+                            hashes: range.as_flattened(),
+                        };
+                        encode(&msg, &mut out).unwrap();
+                    }
+                },
+                Message::Request(r) => {
+                    self.unasked.get_or_insert((r, now));
+                }
+                _ => {}
+            }
+        }
+        self.input.drain(..used);
+        for (index, _) in self.trickle.iter().filter(|(_, at)| *at <= now) {
+            let msg = Message::Hashes {
+                root: info.root,
+                first: *index,
+                hashes: &hashes[*index as usize],
+            };
+            encode(&msg, &mut out).unwrap();
+        }
+        self.trickle.retain(|(_, at)| *at > now);
+        if let Some((r, at)) = self.unasked.as_mut() {
+            if *at <= now {
+                *at = now + Duration::from_secs(1);
+                let data = [0u8; 16];
+                let block = Block {
+                    root: r.root,
+                    piece: r.piece,
+                    offset: r.offset + 1,
+                    data: &data,
+                };
+                encode(&Message::FileCommunication(block), &mut out).unwrap();
+            }
+        }
+        // Small frames into a socket the node reads: a short blocking write is fine here.
+        self.stream.set_nonblocking(false).unwrap();
+        let ok = self.stream.write_all(&out).is_ok();
+        self.stream.set_nonblocking(true).unwrap();
+        ok
+    }
+}
+
+/// An honest owner of a 1 MiB file of 16 KiB pieces and a hostile one of the same version:
+/// the download beside the attacker completes; against the attacker alone, it gives up in
+/// `--give-up-after` rather than being held.
+fn hostile_owner_beside_an_honest_one(acts: Hostile) {
+    let tracker = Tracker::start();
+    let data = random_bytes(1 << 20);
+    let (mut honest, _dir) = start_owner(&tracker, "honest", "f", &data, &["--piece-size", "16K"]);
+    let info = info_of(&honest.wait_sharing("f"), 16 << 10);
+    let (quiet, _) = timed_download(&tracker, "before", "f", &data);
+
+    let fake = FakeOwner::start(&data, info, acts);
+    let _announce = fake_announce(&tracker.addr, "hostile", fake.port, "f", info);
+    tracker.wait_owners("f", &["honest", "hostile"]);
+    let (loud, peak, log) = timed_download_log(&tracker, "beside", "f", &data);
+    let dropped = log
+        .iter()
+        .filter(|l| l.contains("dropping owner hostile"))
+        .count();
+
+    // Alone with the attacker: a clear failure within the give-up time, not a hang.
+    honest.send("exit");
+    honest.proc.wait_exit();
+    tracker.wait_owners("f", &["hostile"]);
+    let dir = tempdir();
+    let started = Instant::now();
+    let mut alone = Node::start(
+        "alone",
+        &tracker,
+        dir.path(),
+        // Longer than the trickle's 5 s and the blocks' 1 s, so either would hold the
+        // download if it counted as a delivery.
+        &[
+            "--download",
+            "f",
+            "--give-up-after",
+            "8",
+            "--exit-when-done",
+        ],
+    );
+    let status = alone.proc.wait_exit();
+    let gave_up = started.elapsed().as_secs_f64();
+    assert!(!status.success(), "{}", alone.proc.dump());
+    let line = alone.proc.wait_stderr(|l| l.contains("download f failed"));
+    if acts == Hostile::TrickleHashes {
+        alone
+            .proc
+            .wait_stderr(|l| l.contains("dropping owner hostile") && l.contains("not asked for"));
+    }
+    println!(
+        "attack {acts:?}: downloader peak RSS {:.1} MiB; honest download of 1 MiB {quiet:.2} s without, \
+         {loud:.2} s beside it (attacker dropped {dropped} times); alone with it, gave up after {gave_up:.1} s: {line}",
+        mib(peak)
+    );
+    drop(fake);
+}
+
+#[test]
+fn a_hash_source_trickling_hashes() {
+    hostile_owner_beside_an_honest_one(Hostile::TrickleHashes);
+}
+
+#[test]
+fn an_owner_sending_blocks_nobody_asked_for() {
+    hostile_owner_beside_an_honest_one(Hostile::UnaskedBlocks);
 }
