@@ -538,3 +538,26 @@ fn a_hash_source_trickling_hashes() {
 fn an_owner_sending_blocks_nobody_asked_for() {
     hostile_owner_beside_an_honest_one(Hostile::UnaskedBlocks);
 }
+
+#[test]
+fn control_characters_in_names_are_escaped_in_logs() {
+    let tracker = Tracker::start();
+    let dir = tempdir();
+    let mut node = Node::start("n", &tracker, dir.path(), &[]);
+    node.send("download a\u{1b}[2Jb");
+    node.send("upload c\u{7}d");
+    node.send("download e\u{1b}]0;title\u{7}f --root 0123456789");
+    node.proc
+        .wait_stderr(|l| l.contains("download a\\u{1b}[2Jb: name refused"));
+    node.proc
+        .wait_stderr(|l| l.contains("upload c\\u{7}d: name refused"));
+    node.send("help");
+    node.proc.wait_stdout(|l| l.contains("download FILE"));
+    let raw: Vec<String> = node
+        .proc
+        .stderr_lines()
+        .into_iter()
+        .filter(|l| l.chars().any(|c| c.is_control() && c != '\t'))
+        .collect();
+    assert!(raw.is_empty(), "raw control characters logged: {raw:?}");
+}

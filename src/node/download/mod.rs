@@ -202,6 +202,8 @@ pub struct Download<S> {
     version_progress: Instant,
     /// Hash ranges (first, count) asked of the hash source and not yet answered.
     hash_asked: Vec<(u32, u32)>,
+    /// The tracker answered at all (an empty list included).
+    heard_owners: bool,
     peers: BTreeMap<SlotId, Peer>,
     next_slot: SlotId,
     hashes: Vec<Hash>,
@@ -247,6 +249,7 @@ impl<S: PartStore> Download<S> {
             abandoned: Vec::new(),
             version_progress: now,
             hash_asked: Vec::new(),
+            heard_owners: false,
             peers: BTreeMap::new(),
             next_slot: 1,
             hashes: Vec::new(),

@@ -80,6 +80,11 @@ impl<S: PartStore> Download<S> {
         self.pin.as_ref()
     }
 
+    /// True once the tracker sent an owner list (even an empty one).
+    pub fn heard_owners(&self) -> bool {
+        self.heard_owners
+    }
+
     /// Versions given up on, with why.
     pub fn abandoned(&self) -> &[(FileInfo, String)] {
         &self.abandoned
@@ -87,6 +92,7 @@ impl<S: PartStore> Download<S> {
 
     /// Keeps the owners a new list names that this download may use.
     pub(super) fn remember_owners(&mut self, owners: &[Owner<'_>]) {
+        self.heard_owners = true;
         self.listed = owners
             .iter()
             .filter(|o| o.node_name != self.my_name && empty_root_holds(&o.info))

@@ -204,7 +204,7 @@ impl Node {
     fn start(&mut self, ctx: &mut Ctx) {
         self.connect_tracker(ctx);
         for name in self.config.uploads.clone() {
-            self.upload(ctx, &name);
+            self.upload_escaped(ctx, &name);
         }
         for spec in self.config.downloads.clone() {
             let (name, pin) = split_pin(&spec);
@@ -223,13 +223,7 @@ impl Node {
     fn command(&mut self, ctx: &mut Ctx, line: &str) {
         match command::parse(line) {
             Ok(None) => {}
-            Ok(Some(Command::Upload(name))) if name.chars().any(char::is_control) => {
-                log::error!(
-                    "upload {}: name refused: contains a control character",
-                    esc(&name)
-                );
-            }
-            Ok(Some(Command::Upload(name))) => self.upload(ctx, &name),
+            Ok(Some(Command::Upload(name))) => self.upload_escaped(ctx, &name),
             Ok(Some(Command::Download(name, pin))) => {
                 self.download(ctx, &name, pin);
             }
@@ -238,6 +232,19 @@ impl Node {
             Ok(Some(Command::Exit)) => self.shutdown(ctx),
             Err(e) => eprintln!("{e}"),
         }
+    }
+
+    /// `upload`, but a name with control characters is refused here, escaped, before
+    /// anything logs it raw.
+    fn upload_escaped(&mut self, ctx: &mut Ctx, name: &str) {
+        if name.chars().any(char::is_control) {
+            log::error!(
+                "upload {}: name refused: contains a control character",
+                esc(name)
+            );
+            return;
+        }
+        self.upload(ctx, name);
     }
 
     fn print_status(&self) {
@@ -309,7 +316,9 @@ impl Node {
             .downloads
             .iter()
             .filter(|(_, t)| {
-                t.dl.phase() == Phase::Owners && now.saturating_duration_since(t.started) > limit
+                t.dl.phase() == Phase::Owners
+                    && !t.dl.heard_owners()
+                    && now.saturating_duration_since(t.started) > limit
             })
             .map(|(name, _)| name.clone())
             .collect();
