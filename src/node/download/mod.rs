@@ -519,7 +519,7 @@ impl<S: PartStore> Download<S> {
                 }
             }
             Message::Error { code, reason } => {
-                let why = format!("refused: {code:?}: {reason}");
+                let why = format!("refused: {code:?}: {}", crate::node::text::esc(reason));
                 self.lose_peer(now, slot, Some(&why), io);
             }
             Message::KeepAlive => {}

@@ -344,3 +344,55 @@ fn changed_on_disk(dir: &std::path::Path, s: &Shared) -> Option<String> {
         None
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, SystemTime};
+
+    fn shared(folder: &Folder, name: &str) -> Shared {
+        let store = folder.open_shared(name).unwrap();
+        let info = FileInfo {
+            size: store.len(),
+            piece_size: 1 << 20,
+            root: [0; 32],
+        };
+        Shared {
+            name: name.to_owned(),
+            info,
+            hashes: Vec::new(),
+            have: Bitfield::new(0),
+            store,
+        }
+    }
+
+    #[test]
+    fn a_shared_file_changed_on_disk_is_noticed() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = Folder::open(dir.path()).unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, vec![7u8; 5000]).unwrap();
+        let s = shared(&folder, "f");
+        assert_eq!(changed_on_disk(folder.dir(), &s), None);
+
+        // Same length, other time: rewritten in place.
+        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        file.set_modified(SystemTime::now() + Duration::from_secs(60))
+            .unwrap();
+        let why = changed_on_disk(folder.dir(), &s).unwrap();
+        assert!(why.contains("modified"), "{why}");
+
+        let s = shared(&folder, "f");
+        file.set_len(100).unwrap();
+        let why = changed_on_disk(folder.dir(), &s).unwrap();
+        assert!(why.contains("100 bytes, 5000 when hashed"), "{why}");
+
+        let s = shared(&folder, "f");
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, vec![7u8; 100]).unwrap();
+        assert!(changed_on_disk(folder.dir(), &s).is_some());
+        std::fs::remove_file(&path).unwrap();
+        let why = changed_on_disk(folder.dir(), &s).unwrap();
+        assert!(why.contains("cannot stat"), "{why}");
+    }
+}
