@@ -56,12 +56,13 @@ s += t_send(1, unneed("b")) + advance_ms(3000)
 seeds["tracker_ops/seed-mistakes"] = s
 
 # ---- download_ops ----
-def setup(pieces, last_len, owners=2, holds=None, claim=None, max_peers=4, small_steps=0, big=False, first=None):
+def setup(pieces, last_len, owners=2, holds=None, claim=None, max_peers=4, small_steps=0, big=False, first=None, pin=0):
     d = b(0 if big else 1)                                # ratio(1,16): 0 → big
     d += b(pieces - 1 if big else pieces)
     off = last_len - 1
     d += off.to_bytes(3, "big") if big else off.to_bytes(2, "big")
-    d += (0x1234567 + pieces).to_bytes(8, "little")       # content seed
+    # Content seed; its top byte picks the pin (0: none, 1: the real root's first 8 + pin//8 digits, 3: another root).
+    d += ((pin << 56) | (0x1234567 + pieces)).to_bytes(8, "little")
     d += b(owners - 1)
     for i in range(owners):
         d += b(1) if holds is None or holds[i] is None else b(3, holds[i])
@@ -93,6 +94,11 @@ seeds["download_ops/seed-liars"] = s
 # Owners that connect and never answer, until the download gives up.
 s = setup(3, 777, owners=2, first=[(0, 0, 1), (1, 0, 0)]) + on(0, CONNECTED) + d_advance(10000) * 8 + d_wake
 seeds["download_ops/seed-silent"] = s
+# Pinned to the real root (16 digits): as honest; pinned to a root nobody lists: a clear failure.
+s = setup(4, 3000, pin=1 + 8 * 8) + on(0, CONNECTED) + on(1, CONNECTED) + (on(0, HONEST) + on(1, HONEST)) * 4
+seeds["download_ops/seed-pinned"] = s
+s = setup(4, 3000, pin=3) + d_advance(4000) + d_wake
+seeds["download_ops/seed-pinned-away"] = s
 
 for name, data in seeds.items():
     path = os.path.join(out, name)

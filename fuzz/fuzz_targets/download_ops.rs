@@ -13,13 +13,17 @@
 //!
 //! Checked:
 //! - everything the download sends encodes, goes to an open connection, and is
-//!   a question, or a hash request or block request inside the chosen layout, or
-//!   a cancel; every connect is to a listed owner, on a slot never used before;
+//!   a question about a listed version (the pinned one, if the download is
+//!   pinned), or a hash request or block request of the version asked about on
+//!   that connection and inside its layout, or a cancel; every connect is to a
+//!   listed owner, on a slot never used before (versions nobody serves are
+//!   dropped for the next, so several may be asked about over a run);
 //! - `PieceDone(p)` comes at most once per piece, and the store then holds the
 //!   real bytes of `p`;
 //! - `Complete` comes only after every piece is done, and the store's bytes hash
 //!   to the root of the chosen version (so they are the file, when that version
-//!   is the real one), whatever the owners sent;
+//!   is the real one), whatever the owners sent; a pinned download completes
+//!   only a version its pin matches;
 //! - `Failed` carries a reason; after `Complete` or `Failed` there are no more
 //!   notices, connects or sends;
 //! - once due deadlines are handled, `poll_timeout()` is `None` or later than now.
@@ -36,7 +40,7 @@ use std::time::{Duration, Instant};
 use arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
 use shoal::node::bitfield::Bitfield;
-use shoal::node::download::{Download, DownloadConfig, Notice, PeerIo};
+use shoal::node::download::{Download, DownloadConfig, Notice, PeerIo, RootPin};
 use shoal::node::peer::SlotId;
 use shoal::storage::{hash_piece, root_hash, Hash, Layout, MemStore, PieceStore};
 use shoal::wire::{
@@ -60,6 +64,11 @@ const MAX_STEPS: usize = 256;
 
 /// Largest store the driver will allocate: anything bigger was never verified.
 const MAX_STORE: u64 = 8 << 20;
+
+/// Lowercase hex, as a pin is written.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
 
 /// Whether `SHOAL_FUZZ_TRACE` is set: then every step and notice is printed (for triage).
 fn tracing() -> bool {
@@ -431,6 +440,8 @@ struct Conn {
     hash_requests: VecDeque<(u32, u32)>,
     /// Block requests not yet answered or cancelled.
     requests: VecDeque<BlockRequest>,
+    /// The version the size question asked about.
+    root: Option<RootHash>,
 }
 
 /// The `PeerIo`: checks and records every action of the download.
@@ -439,6 +450,10 @@ struct Io {
     conns: BTreeMap<SlotId, Conn>,
     /// Every address any owner list named.
     listed: HashSet<SocketAddr>,
+    /// Every version any owner list named.
+    versions: HashSet<FileInfo>,
+    /// The pin's root prefix in hex, if the download is pinned.
+    pin: Option<String>,
     /// The version the download chose (kept up to date by the driver).
     chosen: Option<FileInfo>,
     /// Set once the download completed or failed: no more I/O is allowed.
@@ -464,6 +479,7 @@ impl PeerIo for Io {
             asked: false,
             hash_requests: VecDeque::new(),
             requests: VecDeque::new(),
+            root: None,
         };
         assert!(
             self.conns.insert(slot, conn).is_none(),
@@ -477,11 +493,6 @@ impl PeerIo for Io {
         if let Err(e) = encode(msg, &mut frame) {
             panic!("the download sent a message encode refuses ({e}): {msg:?}");
         }
-        let info = self.chosen.expect("sent before a version was chosen");
-        let layout = Layout {
-            size: info.size,
-            piece_size: info.piece_size,
-        };
         let conn = self
             .conns
             .get_mut(&slot)
@@ -491,29 +502,65 @@ impl PeerIo for Io {
             ConnState::Open,
             "sent {msg:?} on a connection not open"
         );
+        // Layouts of the version asked about on this connection (several listed
+        // versions may share a root and differ in size).
+        let layouts: Vec<Layout> = self
+            .versions
+            .iter()
+            .filter(|v| Some(v.root) == conn.root)
+            .map(|v| Layout {
+                size: v.size,
+                piece_size: v.piece_size,
+            })
+            .collect();
         match *msg {
             Message::SizeInformation(SizeInformation::Question { name, root }) => {
-                assert_eq!((name, root), (FILE, Some(info.root)));
+                assert_eq!(name, FILE);
+                let root = root.expect("the question names the version");
+                assert!(
+                    self.versions.iter().any(|v| v.root == root),
+                    "asked about a version no owner list named"
+                );
+                if let Some(pin) = &self.pin {
+                    assert!(
+                        hex(&root).starts_with(pin.as_str()),
+                        "asked about a version the pin excludes"
+                    );
+                }
                 assert!(!conn.asked, "asked the size twice");
                 conn.asked = true;
+                conn.root = Some(root);
             }
             Message::HashRequest { root, first, count } => {
-                assert_eq!(root, info.root);
+                assert_eq!(
+                    Some(root),
+                    conn.root,
+                    "hashes of another version than asked about"
+                );
                 assert!(
                     count > 0
-                        && u64::from(first) + u64::from(count) <= u64::from(layout.piece_count()),
-                    "hash request {first}+{count} outside {layout:?}"
+                        && layouts
+                            .iter()
+                            .any(|l| u64::from(first) + u64::from(count)
+                                <= u64::from(l.piece_count())),
+                    "hash request {first}+{count} outside {layouts:?}"
                 );
                 conn.hash_requests.push_back((first, count));
             }
             Message::Request(r) => {
-                assert_eq!(r.root, info.root);
+                assert_eq!(
+                    Some(r.root),
+                    conn.root,
+                    "blocks of another version than asked about"
+                );
                 assert!(
                     r.len > 0
                         && r.len <= MAX_BLOCK_LEN
-                        && u64::from(r.offset) + u64::from(r.len)
-                            <= u64::from(layout.piece_len(r.piece)),
-                    "request {r:?} outside {layout:?}"
+                        && layouts
+                            .iter()
+                            .any(|l| u64::from(r.offset) + u64::from(r.len)
+                                <= u64::from(l.piece_len(r.piece))),
+                    "request {r:?} outside {layouts:?}"
                 );
                 conn.requests.push_back(r);
             }
@@ -564,7 +611,8 @@ impl Sim {
             (u.int_in_range(0..=8)?, MIN_PIECE_SIZE)
         };
         let last_len = u.int_in_range(1..=piece_size)?;
-        let real = RealFile::new(pieces, piece_size, last_len, u.arbitrary()?);
+        let seed: u64 = u.arbitrary()?;
+        let real = RealFile::new(pieces, piece_size, last_len, seed);
         let count = real.layout.piece_count();
 
         let owners = u.int_in_range(1..=MAX_OWNERS)?;
@@ -596,13 +644,31 @@ impl Sim {
 
         let config = config(u.int_in_range(1..=MAX_OWNERS)?, u.arbitrary()?);
         let now = Instant::now();
+        // Sometimes pinned: to the real root, to another root owners may list, or to anything.
+        // Taken from the content seed's top byte (0 in the hand-written seeds: no pin), so
+        // the seeds keep their meaning.
+        let top = (seed >> 56) as u8;
+        let pin = match top % 8 {
+            1 => Some(hex(&real.info.root)[..8 + usize::from(top / 8) % 57].to_owned()),
+            2 => Some(hex(&[(seed >> 48) as u8; 4])),
+            3 => Some(hex(&((seed >> 16) as u32).to_be_bytes())),
+            _ => None,
+        };
+        let mut dl = Download::new(FILE, ME, config, now);
+        if let Some(pin) = &pin {
+            dl = dl.with_pin(RootPin::parse(pin).expect("8 to 64 hex digits"));
+        }
+        let io = Io {
+            pin,
+            ..Io::default()
+        };
         let mut sim = Sim {
             real,
             holds,
             claimed,
             left,
-            dl: Download::new(FILE, ME, config, now),
-            io: Io::default(),
+            dl,
+            io,
             now,
             done: BTreeSet::new(),
             need_store_seen: false,
@@ -647,6 +713,7 @@ impl Sim {
             panic!("an encoded owner list does not decode");
         };
         self.io.listed.extend(list.owners.iter().map(|o| o.addr));
+        self.io.versions.extend(list.owners.iter().map(|o| o.info));
         self.dl.on_owners(self.now, &list.owners, &mut self.io);
     }
 
@@ -1046,6 +1113,12 @@ impl Sim {
                             "completed with wrong bytes"
                         );
                     }
+                }
+                if let Some(pin) = &self.io.pin {
+                    assert!(
+                        hex(&info.root).starts_with(pin.as_str()),
+                        "completed a version the pin excludes"
+                    );
                 }
                 self.dl.finished();
                 self.end();

@@ -32,7 +32,7 @@ struct Args {
     /// Share FILE from the folder (repeatable).
     #[arg(long = "upload", value_name = "FILE")]
     uploads: Vec<String>,
-    /// Download FILE into the folder (repeatable).
+    /// Download FILE into the folder (repeatable); FILE@HEX takes only the content whose root starts with HEX (8 to 64 hex digits, as `sharing` prints).
     #[arg(long = "download", value_name = "FILE")]
     downloads: Vec<String>,
     /// Upload limit for the whole node, e.g. 50M (K/M/G = KiB/MiB/GiB per second) [default: unlimited].
@@ -93,7 +93,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    println!("node {} listening on {}", args.name, server.local_addr());
+    node::text::say_line(format_args!(
+        "node {} listening on {}",
+        args.name,
+        server.local_addr()
+    ));
     match server.run() {
         Ok(report) if exit_when_done && report.failed > 0 => ExitCode::FAILURE,
         Ok(_) => ExitCode::SUCCESS,

@@ -1,12 +1,14 @@
 //! The commands a node reads from standard input (heritage forms and short forms).
 
+use super::download::{split_pin, RootPin};
+
 /// One parsed stdin command.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command {
     /// Share a file of the node's folder.
     Upload(String),
-    /// Fetch a file from the network.
-    Download(String),
+    /// Fetch a file from the network (only the content whose root starts with the pin, if given).
+    Download(String, Option<RootPin>),
     /// Print every transfer.
     Status,
     /// Print the command list.
@@ -19,6 +21,8 @@ pub enum Command {
 pub const HELP: &str = "commands:
   upload FILE                        share FILE from this node's folder
   download FILE                      fetch FILE from its owners into this node's folder
+  download FILE --root HEX           fetch only the content with this root (8 to 64 hex digits
+                                     of it, as `sharing` prints); FILE@HEX says the same
   torrent -setMode upload FILE       same as upload FILE
   torrent -setMode download FILE     same as download FILE
   status                             show every transfer
@@ -34,7 +38,12 @@ pub fn parse(line: &str) -> Result<Option<Command>, String> {
             Command::Upload((*file).to_owned())
         }
         ["download", file] | ["torrent", "-setMode", "download", file] => {
-            Command::Download((*file).to_owned())
+            let (name, pin) = split_pin(file);
+            Command::Download(name.to_owned(), pin)
+        }
+        ["download", file, "--root", hex]
+        | ["torrent", "-setMode", "download", file, "--root", hex] => {
+            Command::Download((*file).to_owned(), Some(RootPin::parse(hex)?))
         }
         ["status"] => Command::Status,
         ["help"] | ["?"] => Command::Help,
@@ -60,13 +69,31 @@ mod tests {
         );
         assert_eq!(
             parse("torrent -setMode download b"),
-            Ok(Some(Command::Download("b".into())))
+            Ok(Some(Command::Download("b".into(), None)))
         );
-        assert_eq!(parse("download b"), Ok(Some(Command::Download("b".into()))));
+        assert_eq!(
+            parse("download b"),
+            Ok(Some(Command::Download("b".into(), None)))
+        );
         assert_eq!(parse("torrent exit"), Ok(Some(Command::Exit)));
         assert_eq!(parse("exit"), Ok(Some(Command::Exit)));
         assert_eq!(parse("status"), Ok(Some(Command::Status)));
         assert_eq!(parse(""), Ok(None));
+    }
+
+    #[test]
+    fn downloads_pin_a_root_two_ways() {
+        let pin = RootPin::parse("0123abcd").ok();
+        assert_eq!(
+            parse("download b --root 0123ABCD"),
+            Ok(Some(Command::Download("b".into(), pin.clone())))
+        );
+        assert_eq!(
+            parse("download b@0123abcd"),
+            Ok(Some(Command::Download("b".into(), pin)))
+        );
+        let err = parse("download b --root 12").unwrap_err();
+        assert!(err.contains("8 to 64 hex digits"), "{err}");
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod progress;
 pub mod rate;
 pub mod run;
 pub mod serve;
+pub mod text;
 
 pub use config::NodeConfig;
 pub use run::{bind, NodeServer, RunReport};

@@ -134,7 +134,7 @@ impl ServeConn {
             }
             Message::KeepAlive => ServeOutcome::Continue,
             Message::Error { code, reason } => {
-                log::debug!("downloader reports {code:?}: {reason}");
+                log::debug!("downloader reports {code:?}: {}", super::text::esc(reason));
                 ServeOutcome::Continue
             }
             _ => refuse(

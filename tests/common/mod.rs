@@ -506,3 +506,99 @@ pub fn list_dir(dir: &Path) -> Vec<String> {
     names.sort();
     names
 }
+
+// ---- hostile peers (tests/attacks.rs) -------------------------------------------------
+
+/// The full root hash (64 hex digits) of a `sharing F (N bytes, root HEX)` line.
+pub fn root_of(sharing: &str) -> String {
+    let at = sharing.find("root ").expect(sharing) + "root ".len();
+    let hex: String = sharing[at..]
+        .chars()
+        .take_while(char::is_ascii_hexdigit)
+        .collect();
+    assert_eq!(hex.len(), 64, "no full root in {sharing}");
+    hex
+}
+
+/// 64 hex digits → the root's bytes.
+pub fn root_bytes(hex: &str) -> [u8; 32] {
+    let mut root = [0u8; 32];
+    for (i, b) in root.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).expect(hex);
+    }
+    root
+}
+
+/// Announces to the tracker at `tracker` that a node `node_name`, listening on `port`,
+/// owns `file` as `info` — as a hostile program can, speaking the wire by hand. The
+/// announcement lasts while the returned connection stays open. Every test that fakes an
+/// owner goes through here, so a change of the tracker handshake is made in one place.
+pub fn fake_announce(
+    tracker: &str,
+    node_name: &str,
+    port: u16,
+    file: &str,
+    info: shoal::wire::FileInfo,
+) -> std::net::TcpStream {
+    use shoal::wire::{encode, Message, NodeToTracker};
+    let mut stream = std::net::TcpStream::connect(tracker).expect("tracker reachable");
+    let mut out = Vec::new();
+    // Each fake node has a secret of its own, as a real one would.
+    let hello = NodeToTracker::Hello {
+        node_name,
+        listen_port: port,
+        secret: *blake3::hash(node_name.as_bytes()).as_bytes(),
+    };
+    encode(&Message::NodeToTracker(hello), &mut out).unwrap();
+    let have = NodeToTracker::Have {
+        name: file,
+        info,
+        complete: true,
+    };
+    encode(&Message::NodeToTracker(have), &mut out).unwrap();
+    stream.write_all(&out).unwrap();
+    stream
+}
+
+/// A field of `/proc/PID/status` in KiB (`VmRSS`, `VmHWM`).
+pub fn proc_kib(pid: u32, field: &str) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("process alive");
+    let line = status
+        .lines()
+        .find(|l| l.starts_with(&format!("{field}:")))
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"));
+    line.split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("bad line {line:?}"))
+}
+
+impl Proc {
+    /// Like [`Proc::spawn`], but standard output is read up to its first line and then
+    /// closed: everything the process prints later goes to a pipe nobody reads (`| head -1`).
+    pub fn spawn_stdout_closed(label: &str, program: &str, args: &[String]) -> (Proc, String) {
+        let mut child = Command::new(program)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {program}: {e}"));
+        let mut first = String::new();
+        {
+            let mut reader = BufReader::new(child.stdout.take().unwrap());
+            reader.read_line(&mut first).unwrap();
+        }
+        let stderr = Lines::spawn_reader(child.stderr.take().unwrap());
+        let stdout = Arc::new(Lines::default());
+        stdout.state.lock().unwrap().1 = true;
+        let proc = Proc {
+            label: label.to_string(),
+            stdin: child.stdin.take(),
+            child,
+            stdout,
+            stderr,
+        };
+        (proc, first.trim_end().to_string())
+    }
+}

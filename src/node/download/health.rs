@@ -50,16 +50,18 @@ impl<S: PartStore> Download<S> {
         }
         if self.hash_source == Some(slot) {
             self.hash_source = None;
+            self.hash_asked.clear();
             self.request_hashes(now, io);
         }
         self.connect_more(now, io);
         self.fill(now, io);
+        self.check_version(now, io);
     }
 
     /// Drops `slot` for sending bad data and never uses that owner again in this download.
     pub(super) fn ban(&mut self, now: Instant, slot: SlotId, why: &str, io: &mut dyn PeerIo) {
-        if let Some(peer) = self.peers.get(&slot) {
-            self.banned.insert(peer.addr);
+        if let (Some(peer), Some(info)) = (self.peers.get(&slot), self.info) {
+            self.banned.insert((peer.addr, info.root));
             self.candidates.remove(&peer.addr);
         }
         self.lose_peer(now, slot, Some(why), io);
@@ -99,10 +101,8 @@ impl<S: PartStore> Download<S> {
                 .starving_since
                 .is_some_and(|t| now.saturating_duration_since(t) >= self.config.owner_wait)
             {
-                self.fail(
-                    io,
-                    format!("no owner of {} is known to the tracker", self.name),
-                );
+                let reason = self.no_version_reason();
+                self.fail(io, reason);
             }
             return;
         }
@@ -130,6 +130,7 @@ impl<S: PartStore> Download<S> {
             self.lose_peer(now, slot, Some(&why), io);
         }
         self.connect_more(now, io);
+        self.check_version(now, io);
         self.check_sources(now, io);
         self.fill(now, io);
     }
@@ -152,7 +153,14 @@ impl<S: PartStore> Download<S> {
                 picker.missing(),
                 picker.have().len()
             ),
-            None => format!("{}: no reachable owner answered for {waited:.0} s", self.name),
+            None if self.abandoned.is_empty() => {
+                format!("{}: no reachable owner answered for {waited:.0} s", self.name)
+            }
+            None => format!(
+                "{}: no reachable owner answered for {waited:.0} s; {}",
+                self.name,
+                self.no_version_reason()
+            ),
         };
         self.fail(io, reason);
     }

@@ -21,6 +21,12 @@ use std::time::{Duration, Instant};
 
 mod health;
 mod pieces;
+#[cfg(test)]
+mod tests;
+mod versions;
+
+use versions::Listed;
+pub use versions::{split_pin, RootPin, MIN_PIN_HEX};
 
 use super::bitfield::Bitfield;
 use super::peer::{Outstanding, Peer, PeerPhase, SlotId};
@@ -183,7 +189,21 @@ pub struct Download<S> {
     phase: Phase,
     info: Option<FileInfo>,
     candidates: BTreeMap<SocketAddr, Candidate>,
-    banned: HashSet<SocketAddr>,
+    /// Owners that sent bad data for a version (a ban is per version: an address may hold several).
+    banned: HashSet<(SocketAddr, RootHash)>,
+    /// Only a version whose root starts with this is ever considered.
+    pin: Option<RootPin>,
+    /// The tracker's latest list, filtered: versions are re-ranked from it when one is dropped.
+    listed: Vec<Listed>,
+    /// Versions given up on, with why; never tried again in this download.
+    abandoned: Vec<(FileInfo, String)>,
+    /// When the current version was chosen or last got hashes it needed (an answer to the
+    /// size question alone proves nothing: anyone can echo the layout back).
+    version_progress: Instant,
+    /// Hash ranges (first, count) asked of the hash source and not yet answered.
+    hash_asked: Vec<(u32, u32)>,
+    /// The tracker answered at all (an empty list included).
+    heard_owners: bool,
     peers: BTreeMap<SlotId, Peer>,
     next_slot: SlotId,
     hashes: Vec<Hash>,
@@ -197,7 +217,7 @@ pub struct Download<S> {
     scratch: Vec<u8>,
     /// Owners phase: since when the tracker has listed nobody.
     starving_since: Option<Instant>,
-    /// When data last arrived (hashes or piece bytes): the give-up clock.
+    /// When something needed last arrived (hashes we lacked, a requested block): the give-up clock.
     last_delivery: Instant,
     next_tick: Instant,
     notices: VecDeque<Notice>,
@@ -224,6 +244,12 @@ impl<S: PartStore> Download<S> {
             info: None,
             candidates: BTreeMap::new(),
             banned: HashSet::new(),
+            pin: None,
+            listed: Vec::new(),
+            abandoned: Vec::new(),
+            version_progress: now,
+            hash_asked: Vec::new(),
+            heard_owners: false,
             peers: BTreeMap::new(),
             next_slot: 1,
             hashes: Vec::new(),
@@ -367,55 +393,31 @@ impl<S: PartStore> Download<S> {
         if self.is_over() {
             return;
         }
-        let owners: Vec<&Owner<'_>> = owners
-            .iter()
-            .filter(|o| o.node_name != self.my_name && empty_root_holds(&o.info))
-            .collect();
-        if self.info.is_none() {
-            if owners.is_empty() {
-                // The tracker pushes the list again as soon as an owner appears.
-                self.starving_since.get_or_insert(now);
-                return;
-            }
-            let info = choose_version(&owners);
-            let holders = owners.iter().filter(|o| o.info.root == info.root).count();
-            let versions: HashSet<RootHash> = owners.iter().map(|o| o.info.root).collect();
-            if versions.len() > 1 {
-                log::warn!(
-                    "{}: {} versions are published; taking {} ({} bytes), held by {} of {} owners",
-                    self.name,
-                    versions.len(),
-                    short_hex(&info.root),
-                    info.size,
-                    holders,
-                    owners.len()
-                );
-            }
-            self.info = Some(info);
-            self.phase = Phase::Hashes;
-            self.starving_since = None;
-            self.last_delivery = now;
-            if info.size == 0 {
-                self.hashes.clear();
-                self.phase = Phase::Store;
-                self.notices.push_back(Notice::NeedStore { info });
-            }
+        self.remember_owners(owners);
+        if self.info.is_none() && !self.choose_version(now, io) {
+            return;
         }
+        self.add_candidates(now, io);
+    }
+
+    /// Takes the listed owners of the chosen version as candidates, forgets unlisted ones.
+    fn add_candidates(&mut self, now: Instant, io: &mut dyn PeerIo) {
         let Some(info) = self.info else { return };
-        let listed: HashSet<SocketAddr> = owners
+        let listed: HashSet<SocketAddr> = self
+            .listed
             .iter()
             .filter(|o| o.info.root == info.root)
             .map(|o| o.addr)
             .collect();
         self.candidates.retain(|addr, _| listed.contains(addr));
-        for owner in owners.iter().filter(|o| o.info.root == info.root) {
-            if owner.info != info || self.banned.contains(&owner.addr) {
+        for owner in self.listed.iter().filter(|o| o.info == info) {
+            if self.banned.contains(&(owner.addr, info.root)) {
                 continue;
             }
             self.candidates
                 .entry(owner.addr)
                 .or_insert_with(|| Candidate {
-                    name: owner.node_name.to_owned(),
+                    name: owner.name.clone(),
                     retry_at: None,
                     failures: 0,
                 });
@@ -517,7 +519,7 @@ impl<S: PartStore> Download<S> {
                 }
             }
             Message::Error { code, reason } => {
-                let why = format!("refused: {code:?}: {reason}");
+                let why = format!("refused: {code:?}: {}", crate::node::text::esc(reason));
                 self.lose_peer(now, slot, Some(&why), io);
             }
             Message::KeepAlive => {}
@@ -590,11 +592,13 @@ impl<S: PartStore> Download<S> {
             self.hashes_got = vec![false; pieces as usize];
         }
         self.hash_source = Some(slot);
+        self.hash_asked.clear();
         peer.last_progress = now;
         let mut first = 0;
         while first < pieces {
             let count = (pieces - first).min(MAX_HASHES_PER_FRAME);
             if !self.hashes_got[first as usize] {
+                self.hash_asked.push((first, count));
                 io.send(
                     slot,
                     &Message::HashRequest {
@@ -634,14 +638,30 @@ impl<S: PartStore> Download<S> {
             );
             return;
         }
+        // Only the exact answer to a range we asked counts: a source trickling a few hashes
+        // at a time must not hold the download in this phase with tiny deliveries.
+        let Some(asked) = self
+            .hash_asked
+            .iter()
+            .position(|&(f, c)| f == first && c as usize == count)
+        else {
+            self.lose_peer(now, slot, Some("sent hashes it was not asked for"), io);
+            return;
+        };
+        self.hash_asked.swap_remove(asked);
+        let mut new = false;
         for (i, hash) in hashes.chunks_exact(32).enumerate() {
             let index = first as usize + i;
+            new |= !self.hashes_got[index];
             self.hashes[index].copy_from_slice(hash);
             self.hashes_got[index] = true;
         }
-        self.last_delivery = now;
-        if let Some(peer) = self.peers.get_mut(&slot) {
-            peer.last_progress = now;
+        if new {
+            self.last_delivery = now;
+            self.version_progress = now;
+            if let Some(peer) = self.peers.get_mut(&slot) {
+                peer.last_progress = now;
+            }
         }
         if self.hashes_got.iter().all(|&got| got) {
             if storage::root_hash(layout_of(info), &self.hashes) != info.root {
@@ -655,6 +675,7 @@ impl<S: PartStore> Download<S> {
                 return;
             }
             self.hash_source = None;
+            self.hash_asked.clear();
             self.phase = Phase::Store;
             self.notices.push_back(Notice::NeedStore { info });
         }
@@ -700,21 +721,6 @@ impl<S: PartStore> Download<S> {
                 .map_or(self.next_tick, |due| due.min(self.next_tick)),
         )
     }
-}
-
-/// The version most owners hold (then most complete owners, then the smallest root, so every
-/// downloader makes the same choice).
-fn choose_version(owners: &[&Owner<'_>]) -> FileInfo {
-    let mut counts: HashMap<FileInfo, (usize, usize)> = HashMap::new();
-    for owner in owners {
-        let entry = counts.entry(owner.info).or_default();
-        entry.0 += 1;
-        entry.1 += usize::from(owner.complete);
-    }
-    let mut versions: Vec<(FileInfo, (usize, usize))> = counts.into_iter().collect();
-    let order = |i: &FileInfo| (i.root, i.size, i.piece_size);
-    versions.sort_by(|a, b| b.1.cmp(&a.1).then(order(&a.0).cmp(&order(&b.0))));
-    versions[0].0
 }
 
 /// An empty file has no pieces to check later, so its root is checked now: an owner

@@ -85,7 +85,6 @@ impl<S: PartStore> Download<S> {
         };
         let len = data.len() as u32;
         self.fetched_bytes += u64::from(len);
-        self.last_delivery = now;
         let Some(pos) = peer
             .requests
             .iter()
@@ -95,6 +94,8 @@ impl<S: PartStore> Download<S> {
             self.refetched_bytes += u64::from(len);
             return;
         };
+        // Only a block we asked for moves the give-up clock; anything else is dropped unwritten.
+        self.last_delivery = now;
         peer.requests.remove(pos);
         peer.outstanding_bytes -= u64::from(len);
         peer.received(now, u64::from(len));

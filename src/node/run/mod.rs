@@ -14,11 +14,12 @@ use std::time::{Duration, Instant};
 use super::bitfield::Bitfield;
 use super::command::{self, Command};
 use super::config::NodeConfig;
-use super::download::{Download, Notice, PeerIo, Phase};
+use super::download::{split_pin, Download, Notice, PeerIo, Phase, RootPin};
 use super::peer::SlotId;
 use super::progress::ProgressView;
 use super::rate::TokenBucket;
 use super::serve::{serve_block, FileView, Library, ServeConn, ServeOutcome};
+use super::text::{esc, hex, say, say_err};
 use crate::reactor::{CloseReason, ConnId, Ctx, Handler, ListenerId, Reactor, Stopper};
 use crate::storage::{self, DiskDone, DiskWorker, Folder, Hash, Layout, PartialFile, SharedFile};
 use crate::tracker::short_hex;
@@ -30,6 +31,9 @@ use crate::wire::{
 const WAKE: u64 = 1;
 /// Pending output a serving connection is topped up to.
 const SERVE_TARGET: usize = 2 << 20;
+/// Pending output above which a serving connection's further requests stay unread until it
+/// drains: every reply (hashes, answers, errors) is bounded by what the peer actually reads.
+const SERVE_READ_STOP: usize = 4 << 20;
 /// Longest wait between tracker reconnect attempts.
 const MAX_TRACKER_BACKOFF: Duration = Duration::from_secs(10);
 /// How often the node tells the tracker it is alive (the tracker closes silent links after 60 s).
@@ -88,7 +92,7 @@ pub fn bind(config: NodeConfig) -> io::Result<NodeServer> {
         folder,
         conns: HashMap::new(),
         tracker: TrackerLink::default(),
-        shared: HashMap::new(),
+        shared: BTreeMap::new(),
         hashing: Vec::new(),
         disk,
         downloads: BTreeMap::new(),
@@ -151,6 +155,9 @@ struct TrackerLink {
     backoff: Duration,
 }
 
+/// What a shared file is filed under.
+type SharedKey = (RootHash, String);
+
 /// A complete file this node shares.
 struct Shared {
     name: String,
@@ -187,7 +194,9 @@ struct Node {
     secret: NodeSecret,
     conns: HashMap<ConnId, Role>,
     tracker: TrackerLink,
-    shared: HashMap<RootHash, Shared>,
+    /// Keyed by (root, name): the same bytes may be shared under several names, and data
+    /// requests carry only the root (any entry with it serves the same bytes).
+    shared: BTreeMap<SharedKey, Shared>,
     hashing: Vec<HashJob>,
     /// The thread for fsync + rename and hashing.
     disk: DiskWorker,
@@ -208,11 +217,12 @@ impl Node {
     fn start(&mut self, ctx: &mut Ctx) {
         self.connect_tracker(ctx);
         for name in self.config.uploads.clone() {
-            self.upload(ctx, &name);
+            self.upload_escaped(ctx, &name);
         }
-        for name in self.config.downloads.clone() {
-            if self.download(ctx, &name) {
-                self.awaited.insert(name);
+        for spec in self.config.downloads.clone() {
+            let (name, pin) = split_pin(&spec);
+            if self.download(ctx, name, pin) {
+                self.awaited.insert(name.to_owned());
             } else {
                 self.report.failed += 1;
             }
@@ -226,15 +236,28 @@ impl Node {
     fn command(&mut self, ctx: &mut Ctx, line: &str) {
         match command::parse(line) {
             Ok(None) => {}
-            Ok(Some(Command::Upload(name))) => self.upload(ctx, &name),
-            Ok(Some(Command::Download(name))) => {
-                self.download(ctx, &name);
+            Ok(Some(Command::Upload(name))) => self.upload_escaped(ctx, &name),
+            Ok(Some(Command::Download(name, pin))) => {
+                self.download(ctx, &name, pin);
             }
             Ok(Some(Command::Status)) => self.print_status(),
-            Ok(Some(Command::Help)) => println!("{}", command::HELP),
+            Ok(Some(Command::Help)) => say!("{}", command::HELP),
             Ok(Some(Command::Exit)) => self.shutdown(ctx),
-            Err(e) => eprintln!("{e}"),
+            Err(e) => say_err!("{e}"),
         }
+    }
+
+    /// `upload`, but a name with control characters is refused here, escaped, before
+    /// anything logs it raw.
+    fn upload_escaped(&mut self, ctx: &mut Ctx, name: &str) {
+        if name.chars().any(char::is_control) {
+            log::error!(
+                "upload {}: name refused: contains a control character",
+                esc(name)
+            );
+            return;
+        }
+        self.upload(ctx, name);
     }
 
     fn print_status(&self) {
@@ -273,7 +296,7 @@ impl Node {
             lines.push("  nothing shared or downloading yet".to_owned());
         }
         let text = lines.join("\n");
-        crate::logging::above_bars(|| println!("{text}"));
+        say!("{text}");
     }
 
     fn tick(&mut self, ctx: &mut Ctx) {
@@ -289,6 +312,7 @@ impl Node {
                 }
             }
             self.close_idle_serving(ctx);
+            self.check_all_shared(ctx);
         }
         let due: Vec<String> = self
             .downloads
@@ -304,7 +328,9 @@ impl Node {
             .downloads
             .iter()
             .filter(|(_, t)| {
-                t.dl.phase() == Phase::Owners && now.saturating_duration_since(t.started) > limit
+                t.dl.phase() == Phase::Owners
+                    && !t.dl.heard_owners()
+                    && now.saturating_duration_since(t.started) > limit
             })
             .map(|(name, _)| name.clone())
             .collect();
@@ -415,8 +441,13 @@ impl Handler for Node {
 
     fn on_data(&mut self, ctx: &mut Ctx, conn: ConnId, input: &[u8]) -> usize {
         let limits = Limits::default();
+        let serving = matches!(self.conns.get(&conn), Some(Role::Serve(..)));
         let mut used = 0;
         while used < input.len() {
+            if serving && ctx.pending_out(conn) > SERVE_READ_STOP {
+                // The rest waits in the read buffer; `on_drain` offers it again.
+                break;
+            }
             match wire::decode_frame(&input[used..], &limits) {
                 Ok(Decoded::Frame(msg, len)) => {
                     used += len;
@@ -454,6 +485,9 @@ impl Handler for Node {
     }
 
     fn on_drain(&mut self, ctx: &mut Ctx, conn: ConnId) {
+        if matches!(self.conns.get(&conn), Some(Role::Serve(..))) {
+            ctx.resume_reading(conn);
+        }
         self.pump(ctx, conn);
         self.schedule(ctx);
     }

@@ -4,7 +4,7 @@ use super::*;
 
 /// What this node serves, borrowed apart from the connection table.
 pub(super) struct Lib<'a> {
-    pub(super) shared: &'a HashMap<RootHash, Shared>,
+    pub(super) shared: &'a BTreeMap<SharedKey, Shared>,
     pub(super) downloads: &'a BTreeMap<String, Transfer>,
 }
 
@@ -25,7 +25,7 @@ impl Library for Lib<'_> {
     }
 
     fn by_root(&self, root: &RootHash) -> Option<FileView<'_>> {
-        match self.shared.get(root) {
+        match shared_by_root(self.shared, root) {
             Some(s) => Some(shared_view(s)),
             None => self
                 .downloads
@@ -34,6 +34,18 @@ impl Library for Lib<'_> {
                 .find_map(partial_view),
         }
     }
+}
+
+/// Any shared entry with this root (they all serve the same bytes).
+pub(super) fn shared_by_root<'a>(
+    shared: &'a BTreeMap<SharedKey, Shared>,
+    root: &RootHash,
+) -> Option<&'a Shared> {
+    shared
+        .range((*root, String::new())..)
+        .next()
+        .filter(|((r, _), _)| r == root)
+        .map(|(_, s)| s)
 }
 
 pub(super) fn shared_view(s: &Shared) -> FileView<'_> {
@@ -150,10 +162,10 @@ impl Node {
         hashes: Vec<Hash>,
         store: SharedFile,
     ) {
-        println!(
+        say!(
             "sharing {name} ({} bytes, root {})",
             info.size,
-            short_hex(&info.root)
+            hex(&info.root)
         );
         self.tell_tracker(
             ctx,
@@ -165,7 +177,7 @@ impl Node {
         );
         let have = Bitfield::full(hashes.len() as u32);
         self.shared.insert(
-            info.root,
+            (info.root, name.clone()),
             Shared {
                 name,
                 info,
@@ -176,7 +188,55 @@ impl Node {
         );
     }
 
+    /// Withdraws shared files that changed on disk since they were hashed: by `name` or `root`.
+    fn check_shared(&mut self, ctx: &mut Ctx, name: Option<&str>, root: Option<&RootHash>) {
+        let dir = self.folder.dir();
+        let changed: Vec<(SharedKey, String)> = self
+            .shared
+            .iter()
+            .filter(|((r, n), _)| {
+                name.is_none_or(|name| name == n) && root.is_none_or(|root| root == r)
+            })
+            .filter_map(|(key, s)| changed_on_disk(dir, s).map(|why| (key.clone(), why)))
+            .collect();
+        for (key, why) in changed {
+            self.withdraw(ctx, &key, &why);
+        }
+    }
+
+    /// Every shared file checked against the disk (the periodic sweep).
+    pub(super) fn check_all_shared(&mut self, ctx: &mut Ctx) {
+        self.check_shared(ctx, None, None);
+    }
+
+    /// Stops serving a file that changed under us, and tells the tracker.
+    fn withdraw(&mut self, ctx: &mut Ctx, key: &SharedKey, why: &str) {
+        let Some(s) = self.shared.remove(key) else {
+            return;
+        };
+        log::warn!(
+            "{} changed on disk ({why}); no longer shared (upload it again to re-hash)",
+            esc(&s.name)
+        );
+        self.tell_tracker(
+            ctx,
+            &NodeToTracker::Drop {
+                name: &s.name,
+                root: s.info.root,
+            },
+        );
+    }
+
     pub(super) fn on_serve_frame(&mut self, ctx: &mut Ctx, conn: ConnId, msg: &Message<'_>) {
+        // The first questions of a downloader are where a changed file is caught cheaply
+        // (one stat); blocks of a file truncated later fail to read and are caught in `pump`.
+        match msg {
+            Message::SizeInformation(wire::SizeInformation::Question { name, .. }) => {
+                self.check_shared(ctx, Some(name), None)
+            }
+            Message::HashRequest { root, .. } => self.check_shared(ctx, None, Some(root)),
+            _ => {}
+        }
         let Some(Role::Serve(serve, last_heard)) = self.conns.get_mut(&conn) else {
             return;
         };
@@ -223,7 +283,10 @@ impl Node {
                     }
                 }
                 Err(why) => {
-                    log::warn!("cannot serve piece {}: {why}", request.piece);
+                    log::warn!("cannot serve piece {}: {}", request.piece, esc(&why));
+                    let root = request.root;
+                    self.check_shared(ctx, None, Some(&root));
+                    let Some(out) = ctx.out_buf(conn) else { return };
                     let _ = wire::encode(
                         &Message::Error {
                             code: ErrorCode::Refused,
@@ -263,4 +326,78 @@ impl Node {
 /// more output; one at or above the target is woken by its drain instead.
 pub(super) fn serve_waiting(ctx: &Ctx, conn: ConnId, role: &Role) -> bool {
     matches!(role, Role::Serve(s, _) if s.queued() > 0) && ctx.pending_out(conn) < SERVE_TARGET
+}
+
+/// Why the file behind `s` is no longer the one that was hashed, if it is not.
+fn changed_on_disk(dir: &std::path::Path, s: &Shared) -> Option<String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = match std::fs::symlink_metadata(dir.join(&s.name)) {
+        Ok(meta) => meta,
+        Err(e) => return Some(format!("cannot stat it: {e}")),
+    };
+    if meta.ino() != s.store.inode() {
+        Some("replaced by another file".to_owned())
+    } else if meta.len() != s.store.len() {
+        Some(format!(
+            "{} bytes, {} when hashed",
+            meta.len(),
+            s.store.len()
+        ))
+    } else if meta.modified().ok() != s.store.modified() {
+        Some("modified since it was hashed".to_owned())
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, SystemTime};
+
+    fn shared(folder: &Folder, name: &str) -> Shared {
+        let store = folder.open_shared(name).unwrap();
+        let info = FileInfo {
+            size: store.len(),
+            piece_size: 1 << 20,
+            root: [0; 32],
+        };
+        Shared {
+            name: name.to_owned(),
+            info,
+            hashes: Vec::new(),
+            have: Bitfield::new(0),
+            store,
+        }
+    }
+
+    #[test]
+    fn a_shared_file_changed_on_disk_is_noticed() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = Folder::open(dir.path()).unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, vec![7u8; 5000]).unwrap();
+        let s = shared(&folder, "f");
+        assert_eq!(changed_on_disk(folder.dir(), &s), None);
+
+        // Same length, other time: rewritten in place.
+        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        file.set_modified(SystemTime::now() + Duration::from_secs(60))
+            .unwrap();
+        let why = changed_on_disk(folder.dir(), &s).unwrap();
+        assert!(why.contains("modified"), "{why}");
+
+        let s = shared(&folder, "f");
+        file.set_len(100).unwrap();
+        let why = changed_on_disk(folder.dir(), &s).unwrap();
+        assert!(why.contains("100 bytes, 5000 when hashed"), "{why}");
+
+        let s = shared(&folder, "f");
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, vec![7u8; 100]).unwrap();
+        assert!(changed_on_disk(folder.dir(), &s).is_some());
+        std::fs::remove_file(&path).unwrap();
+        let why = changed_on_disk(folder.dir(), &s).unwrap();
+        assert!(why.contains("cannot stat"), "{why}");
+    }
 }

@@ -51,10 +51,15 @@ impl PeerIo for DlIo<'_> {
 }
 
 impl Node {
-    /// Starts a download; false (with the reason logged) if it cannot start.
-    pub(super) fn download(&mut self, ctx: &mut Ctx, name: &str) -> bool {
+    /// Starts a download (of the content `pin` names, if given); false (with the reason
+    /// logged) if it cannot start.
+    pub(super) fn download(&mut self, ctx: &mut Ctx, name: &str, pin: Option<RootPin>) -> bool {
         if let Err(e) = storage::check_name(name) {
-            log::error!("download {name}: name refused: {e}");
+            log::error!(
+                "download {}: name refused: {}",
+                esc(name),
+                esc(&e.to_string())
+            );
             return false;
         }
         if self.downloads.get(name).is_some_and(|t| !t.dl.is_over()) {
@@ -69,9 +74,14 @@ impl Node {
             return false;
         }
         let now = ctx.now();
+        let mut dl = Download::new(name, &self.config.name, self.config.download.clone(), now);
+        if let Some(pin) = pin {
+            log::info!("download {name}: pinned to root {}…", pin.as_str());
+            dl = dl.with_pin(pin);
+        }
         let transfer = Transfer {
             key: Arc::from(name),
-            dl: Download::new(name, &self.config.name, self.config.download.clone(), now),
+            dl,
             slots: HashMap::new(),
             started: now,
             announced: false,
@@ -246,7 +256,7 @@ impl Node {
             .saturating_duration_since(transfer.started)
             .as_secs_f64();
         let rate = info.size as f64 / elapsed.max(1e-6) / f64::from(1 << 20);
-        println!(
+        say!(
             "downloaded {file} ({} bytes in {elapsed:.2} s = {rate:.1} MiB/s, from the request to the file verified, flushed to disk and renamed; fetched {fetched} bytes, kept {kept} from an earlier run)",
             info.size
         );
@@ -262,7 +272,7 @@ impl Node {
     }
 
     pub(super) fn failed(&mut self, ctx: &mut Ctx, file: &str, reason: &str) {
-        eprintln!("download {file} failed: {reason}");
+        say_err!("download {file} failed: {reason}");
         let Some(transfer) = self.downloads.get_mut(file) else {
             return;
         };

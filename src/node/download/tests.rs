@@ -1,0 +1,462 @@
+//! Hostile owners against one download, in simulated time: fake versions, pinning,
+//! trickling hash sources, unrequested blocks.
+
+use super::*;
+use crate::storage::{hash_piece, MemStore};
+use crate::wire::{decode_frame, encode, Block, Decoded, ErrorCode, Limits};
+
+const PIECE: u32 = 16 << 10;
+
+/// How a model owner answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Acts {
+    /// Serves its file correctly.
+    Honest,
+    /// Connects are refused.
+    Unreachable,
+    /// Answers the size question as asked, then nothing.
+    Silent,
+    /// Answers with hashes that do not hash to the root.
+    BadHashes,
+    /// Says the file is not served (what an honest node says of a fake root).
+    NotFound,
+    /// Sends one hash every 5 s instead of the range asked.
+    Trickles,
+    /// Answers hashes, then sends unasked-for blocks every second instead of the ones asked.
+    Unasked,
+}
+
+struct Owner_ {
+    name: String,
+    addr: SocketAddr,
+    /// The version it announces.
+    info: FileInfo,
+    /// The file it really holds (for honest answers).
+    file: Vec<u8>,
+    acts: Acts,
+}
+
+#[derive(Default)]
+struct Io {
+    connects: Vec<(SlotId, SocketAddr)>,
+    sent: Vec<(SlotId, Vec<u8>)>,
+    closed: Vec<SlotId>,
+}
+
+impl PeerIo for Io {
+    fn connect(&mut self, slot: SlotId, addr: SocketAddr) {
+        self.connects.push((slot, addr));
+    }
+    fn send(&mut self, slot: SlotId, msg: &Message<'_>) {
+        let mut out = Vec::new();
+        encode(msg, &mut out).expect("the download sends only encodable frames");
+        self.sent.push((slot, out));
+    }
+    fn disconnect(&mut self, slot: SlotId) {
+        self.closed.push(slot);
+    }
+}
+
+fn file(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+fn info_of(data: &[u8]) -> FileInfo {
+    let layout = Layout {
+        size: data.len() as u64,
+        piece_size: PIECE,
+    };
+    let hashes: Vec<Hash> = data.chunks(PIECE as usize).map(hash_piece).collect();
+    FileInfo {
+        size: layout.size,
+        piece_size: PIECE,
+        root: storage::root_hash(layout, &hashes),
+    }
+}
+
+fn owner(n: u16, info: FileInfo, file: &[u8], acts: Acts) -> Owner_ {
+    Owner_ {
+        name: format!("o{n}"),
+        addr: SocketAddr::from(([127, 0, 0, 1], 7000 + n)),
+        info,
+        file: file.to_vec(),
+        acts,
+    }
+}
+
+/// The outcome of a run: the notice that ended it, the store's bytes, the addresses connected to.
+struct Outcome {
+    end: Option<Notice>,
+    bytes: Vec<u8>,
+    contacted: Vec<SocketAddr>,
+    elapsed: Duration,
+}
+
+/// Runs `dl` against `owners` until it completes or fails, or `limit` of simulated time passes.
+fn run(mut dl: Download<MemStore>, owners: &[Owner_], limit: Duration) -> Outcome {
+    let start = Instant::now();
+    let mut now = start;
+    let mut io = Io::default();
+    let listed: Vec<Owner<'_>> = owners
+        .iter()
+        .map(|o| Owner {
+            node_name: &o.name,
+            addr: o.addr,
+            info: o.info,
+            complete: true,
+        })
+        .collect();
+    dl.on_owners(now, &listed, &mut io);
+    let mut slots: HashMap<SlotId, usize> = HashMap::new();
+    // Frames for the downloader, due at a time: (due, slot, bytes).
+    let mut pending: Vec<(Instant, SlotId, Vec<u8>)> = Vec::new();
+    let mut contacted = Vec::new();
+    let mut end = None;
+    let mut bytes = Vec::new();
+    for _ in 0..200_000 {
+        while let Some(notice) = dl.poll_notice() {
+            match notice {
+                Notice::NeedStore { info } => {
+                    let claimed = vec![false; layout_of(info).piece_count() as usize];
+                    dl.attach_store(now, MemStore::new(info.size), &claimed, &mut io);
+                }
+                Notice::Complete => {
+                    bytes = dl
+                        .take_store()
+                        .map(|s| s.bytes().to_vec())
+                        .unwrap_or_default();
+                    dl.finished();
+                    end = Some(Notice::Complete);
+                }
+                Notice::Failed(why) => end = Some(Notice::Failed(why)),
+                Notice::PieceDone(_) => {}
+            }
+        }
+        if end.is_some() || now.duration_since(start) > limit {
+            break;
+        }
+        for slot in std::mem::take(&mut io.closed) {
+            slots.remove(&slot);
+            pending.retain(|(_, s, _)| *s != slot);
+        }
+        if let Some((slot, addr)) = io.connects.pop() {
+            contacted.push(addr);
+            let Some(i) = owners.iter().position(|o| o.addr == addr) else {
+                dl.on_closed(now, slot, &mut io);
+                continue;
+            };
+            if owners[i].acts == Acts::Unreachable {
+                dl.on_closed(now, slot, &mut io);
+            } else {
+                slots.insert(slot, i);
+                dl.on_connected(now, slot, &mut io);
+            }
+            continue;
+        }
+        if !io.sent.is_empty() {
+            for (slot, frame) in std::mem::take(&mut io.sent) {
+                if let Some(&i) = slots.get(&slot) {
+                    answer(&owners[i], now, slot, &frame, &mut pending);
+                }
+            }
+            continue;
+        }
+        pending.sort_by_key(|(due, slot, _)| (*due, *slot));
+        let next_frame = pending.first().map(|(due, _, _)| *due);
+        let next_timer = dl.poll_timeout();
+        match (next_frame, next_timer) {
+            (Some(f), t) if t.is_none_or(|t| f <= t) => {
+                now = now.max(f);
+                let (_, slot, frame) = pending.remove(0);
+                if slots.contains_key(&slot) {
+                    match decode_frame(&frame, &Limits::default()) {
+                        Ok(Decoded::Frame(msg, _)) => dl.on_message(now, slot, &msg, &mut io),
+                        other => panic!("model sent a bad frame: {other:?}"),
+                    }
+                }
+            }
+            (_, Some(t)) => {
+                now = now.max(t);
+                dl.handle_timeout(now, &mut io);
+            }
+            _ => break,
+        }
+    }
+    Outcome {
+        end,
+        bytes,
+        contacted,
+        elapsed: now.duration_since(start),
+    }
+}
+
+/// What model `o` sends back for one frame from the downloader.
+fn answer(
+    o: &Owner_,
+    now: Instant,
+    slot: SlotId,
+    frame: &[u8],
+    pending: &mut Vec<(Instant, SlotId, Vec<u8>)>,
+) {
+    let Ok(Decoded::Frame(msg, _)) = decode_frame(frame, &Limits::default()) else {
+        panic!("the download sent a bad frame");
+    };
+    let real = info_of(&o.file);
+    let hashes: Vec<Hash> = o.file.chunks(PIECE as usize).map(hash_piece).collect();
+    let pieces = layout_of(o.info).piece_count();
+    let mut reply = |delay: Duration, msg: &Message<'_>| {
+        let mut out = Vec::new();
+        encode(msg, &mut out).expect("model frames encode");
+        pending.push((now + delay, slot, out));
+    };
+    let ms = Duration::from_millis(1);
+    match (&msg, o.acts) {
+        (Message::SizeInformation(_), Acts::NotFound) => reply(
+            ms,
+            &Message::Error {
+                code: ErrorCode::NotFound,
+                reason: "file not served here",
+            },
+        ),
+        (Message::SizeInformation(SizeInformation::Question { name, .. }), _) => {
+            let have = Bitfield::full(pieces);
+            reply(
+                ms,
+                &Message::SizeInformation(SizeInformation::Answer {
+                    name,
+                    info: o.info,
+                    have: have.as_bytes(),
+                }),
+            );
+        }
+        (Message::HashRequest { .. }, Acts::Silent) => {}
+        (Message::HashRequest { root, first, count }, Acts::Trickles) => {
+            for i in 0..*count {
+                let at = (*first + i) as usize;
+                let hash = hashes.get(at).copied().unwrap_or([7; 32]);
+                reply(
+                    Duration::from_secs(5 * u64::from(i + 1)),
+                    &Message::Hashes {
+                        root: *root,
+                        first: *first + i,
+                        hashes: &hash,
+                    },
+                );
+            }
+        }
+        (Message::HashRequest { root, first, count }, acts) => {
+            let mut got: Vec<Hash> = (*first..*first + *count)
+                .map(|i| hashes.get(i as usize).copied().unwrap_or([7; 32]))
+                .collect();
+            if acts == Acts::BadHashes || o.info.root != real.root {
+                got.iter_mut().for_each(|h| h[0] ^= 1);
+            }
+            reply(
+                ms,
+                &Message::Hashes {
+                    root: *root,
+                    first: *first,
+                    hashes: got.as_flattened(),
+                },
+            );
+        }
+        (Message::Request(r), Acts::Unasked) => {
+            // Blocks nobody asked for (another offset), one a second, for a minute.
+            for i in 0..60u64 {
+                let data = [0u8; 16];
+                reply(
+                    Duration::from_secs(i + 1),
+                    &Message::FileCommunication(Block {
+                        root: r.root,
+                        piece: r.piece,
+                        offset: r.offset + 1,
+                        data: &data,
+                    }),
+                );
+            }
+        }
+        (Message::Request(r), _) => {
+            let at = r.piece as usize * PIECE as usize + r.offset as usize;
+            reply(
+                ms,
+                &Message::FileCommunication(Block {
+                    root: r.root,
+                    piece: r.piece,
+                    offset: r.offset,
+                    data: &o.file[at..at + r.len as usize],
+                }),
+            );
+        }
+        _ => {}
+    }
+}
+
+fn download() -> Download<MemStore> {
+    Download::new("f", "me", DownloadConfig::default(), Instant::now())
+}
+
+fn fake_root(seed: u8) -> FileInfo {
+    FileInfo {
+        size: 5 * u64::from(PIECE),
+        piece_size: PIECE,
+        root: [seed; 32],
+    }
+}
+
+fn failure(out: &Outcome) -> String {
+    match &out.end {
+        Some(Notice::Failed(why)) => why.clone(),
+        other => panic!("expected a failure, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_fake_root_ranked_first_is_dropped_for_the_real_one() {
+    let real = file(5 * PIECE as usize - 100, 1);
+    let info = info_of(&real);
+    for acts in [
+        Acts::Unreachable,
+        Acts::Silent,
+        Acts::BadHashes,
+        Acts::NotFound,
+    ] {
+        // Two fakes outrank one honest owner; root 00…00 also wins every tie.
+        let owners = [
+            owner(1, fake_root(0), &real, acts),
+            owner(2, fake_root(0), &real, acts),
+            owner(3, info, &real, Acts::Honest),
+        ];
+        let out = run(download(), &owners, Duration::from_secs(120));
+        assert_eq!(out.end, Some(Notice::Complete), "fakes acting {acts:?}");
+        assert_eq!(out.bytes, real, "fakes acting {acts:?}");
+        assert!(
+            out.elapsed < DownloadConfig::default().no_source_timeout,
+            "fakes acting {acts:?} delayed it {:?}",
+            out.elapsed
+        );
+    }
+}
+
+#[test]
+fn a_version_nobody_serves_fails_with_a_clear_reason_when_it_is_the_only_one_left() {
+    let real = file(3 * PIECE as usize, 2);
+    let owners = [
+        owner(1, fake_root(9), &real, Acts::NotFound),
+        owner(2, fake_root(0), &real, Acts::BadHashes),
+    ];
+    let out = run(download(), &owners, Duration::from_secs(300));
+    let why = failure(&out);
+    // The first version is dropped at once; the last one left runs out the give-up clock.
+    assert!(why.contains("no reachable owner answered"), "{why}");
+    assert!(why.contains("no owner serves any listed version"), "{why}");
+    assert!(
+        why.contains("00000000") && why.contains("every owner of it failed"),
+        "{why}"
+    );
+}
+
+#[test]
+fn a_pinned_download_takes_only_its_version() {
+    let a = file(3 * PIECE as usize, 3);
+    let b = file(4 * PIECE as usize + 7, 4);
+    let (ia, ib) = (info_of(&a), info_of(&b));
+    let owners = [
+        owner(1, ia, &a, Acts::Honest),
+        owner(2, ia, &a, Acts::Honest),
+        owner(3, ib, &b, Acts::Honest),
+    ];
+    let pin = RootPin::parse(&crate::node::text::hex(&ib.root)[..8]).unwrap();
+    let out = run(download().with_pin(pin), &owners, Duration::from_secs(60));
+    assert_eq!(out.end, Some(Notice::Complete));
+    assert_eq!(out.bytes, b);
+    assert_eq!(out.contacted, vec![owners[2].addr]);
+
+    // Unpinned, the majority version wins.
+    let out = run(download(), &owners, Duration::from_secs(60));
+    assert_eq!(out.bytes, a);
+}
+
+#[test]
+fn a_pin_nobody_lists_or_an_ambiguous_one_fails_clearly() {
+    let a = file(PIECE as usize, 5);
+    let ia = info_of(&a);
+    let owners = [owner(1, ia, &a, Acts::Honest)];
+    let other = if ia.root[0] == 0xee {
+        "dddddddd"
+    } else {
+        "eeeeeeee"
+    };
+    let out = run(
+        download().with_pin(RootPin::parse(other).unwrap()),
+        &owners,
+        Duration::from_secs(60),
+    );
+    let why = failure(&out);
+    assert!(
+        why.contains("with root eeeeeeee") || why.contains("with root dddddddd"),
+        "{why}"
+    );
+    assert!(out.contacted.is_empty());
+
+    let mut twins = [fake_root(0xab), fake_root(0xab)];
+    twins[1].root[31] = 0;
+    let owners = [
+        owner(1, twins[0], &a, Acts::Honest),
+        owner(2, twins[1], &a, Acts::Honest),
+    ];
+    let out = run(
+        download().with_pin(RootPin::parse("abababab").unwrap()),
+        &owners,
+        Duration::from_secs(60),
+    );
+    let why = failure(&out);
+    assert!(why.contains("ambiguous"), "{why}");
+    assert!(
+        why.contains(&crate::node::text::hex(&twins[0].root)),
+        "{why}"
+    );
+    assert!(
+        why.contains(&crate::node::text::hex(&twins[1].root)),
+        "{why}"
+    );
+}
+
+#[test]
+fn a_trickling_hash_source_is_dropped_and_another_owner_asked() {
+    let real = file(6 * PIECE as usize, 6);
+    let info = info_of(&real);
+    let owners = [
+        owner(1, info, &real, Acts::Trickles),
+        owner(2, info, &real, Acts::Honest),
+    ];
+    let out = run(download(), &owners, Duration::from_secs(120));
+    assert_eq!(out.end, Some(Notice::Complete));
+    assert_eq!(out.bytes, real);
+    assert!(out.elapsed < Duration::from_secs(15), "{:?}", out.elapsed);
+}
+
+#[test]
+fn a_trickling_hash_source_alone_does_not_hold_the_download() {
+    let real = file(6 * PIECE as usize, 7);
+    let info = info_of(&real);
+    let owners = [owner(1, info, &real, Acts::Trickles)];
+    let out = run(download(), &owners, Duration::from_secs(600));
+    failure(&out);
+    // It gives up within the give-up time (plus a tick), not after 6 × 5 s of trickle per retry.
+    let limit = DownloadConfig::default().no_source_timeout + Duration::from_secs(1);
+    assert!(out.elapsed <= limit, "{:?}", out.elapsed);
+}
+
+#[test]
+fn unrequested_blocks_do_not_reset_the_give_up_clock() {
+    let real = file(2 * PIECE as usize, 8);
+    let info = info_of(&real);
+    let owners = [owner(1, info, &real, Acts::Unasked)];
+    let out = run(download(), &owners, Duration::from_secs(600));
+    let why = failure(&out);
+    assert!(why.contains("no owner delivered"), "{why}");
+    let limit = DownloadConfig::default().no_source_timeout + Duration::from_secs(1);
+    assert!(out.elapsed <= limit, "{:?}", out.elapsed);
+}

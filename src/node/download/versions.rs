@@ -1,0 +1,272 @@
+//! Which version of a name to fetch: pinning to a root, ranking the versions the tracker
+//! lists, and dropping a version nobody can serve for the next one.
+//!
+//! Anyone can announce anything under any name, so a version is only believed once
+//! an owner answered with its layout and hashes that hash to its root. Until then
+//! the versions are ranked (most owners, then most complete owners, then the
+//! smallest root, so every downloader ranks alike), and a version whose owners all
+//! fail, or that nobody serves within the connect and first-byte timeouts, is
+//! abandoned for the next. Pieces of two versions are never mixed: a version is
+//! only abandoned before any piece of it is stored.
+
+use super::*;
+
+/// Fewest hex digits a root prefix must have: 32 bits, so a prefix is not matched by accident.
+pub const MIN_PIN_HEX: usize = 8;
+
+/// A download pinned to one content: a root hash or a unique prefix of its hex.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RootPin {
+    hex: String,
+}
+
+impl RootPin {
+    /// Parses `8..=64` hex digits (either case).
+    pub fn parse(text: &str) -> Result<RootPin, String> {
+        let hex = text.to_ascii_lowercase();
+        if hex.len() < MIN_PIN_HEX || hex.len() > 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit())
+        {
+            return Err(format!(
+                "root {:?} is not {MIN_PIN_HEX} to 64 hex digits",
+                crate::node::text::esc(text).to_string()
+            ));
+        }
+        Ok(RootPin { hex })
+    }
+
+    /// True if `root` starts with this prefix.
+    pub fn matches(&self, root: &RootHash) -> bool {
+        crate::node::text::hex(root).starts_with(&self.hex)
+    }
+
+    /// The prefix as given (lowercase).
+    pub fn as_str(&self) -> &str {
+        &self.hex
+    }
+}
+
+/// Splits `NAME@HEX` (a download pinned to a root) from a plain name. Only a suffix of
+/// 8 to 64 hex digits counts as a pin, so other names with an `@` stay names.
+pub fn split_pin(spec: &str) -> (&str, Option<RootPin>) {
+    if let Some((name, tail)) = spec.rsplit_once('@') {
+        if !name.is_empty() {
+            if let Ok(pin) = RootPin::parse(tail) {
+                return (name, Some(pin));
+            }
+        }
+    }
+    (spec, None)
+}
+
+/// One owner entry of the tracker's latest list, kept to re-rank when a version is dropped.
+#[derive(Clone, Debug)]
+pub(super) struct Listed {
+    pub(super) name: String,
+    pub(super) addr: SocketAddr,
+    pub(super) info: FileInfo,
+    pub(super) complete: bool,
+}
+
+impl<S: PartStore> Download<S> {
+    /// Pins this download to the content whose root starts with `pin`: no other version
+    /// is ever considered.
+    pub fn with_pin(mut self, pin: RootPin) -> Self {
+        self.pin = Some(pin);
+        self
+    }
+
+    /// The pin, if any.
+    pub fn pin(&self) -> Option<&RootPin> {
+        self.pin.as_ref()
+    }
+
+    /// True once the tracker sent an owner list (even an empty one).
+    pub fn heard_owners(&self) -> bool {
+        self.heard_owners
+    }
+
+    /// Versions given up on, with why.
+    pub fn abandoned(&self) -> &[(FileInfo, String)] {
+        &self.abandoned
+    }
+
+    /// Keeps the owners a new list names that this download may use.
+    pub(super) fn remember_owners(&mut self, owners: &[Owner<'_>]) {
+        self.heard_owners = true;
+        self.listed = owners
+            .iter()
+            .filter(|o| o.node_name != self.my_name && empty_root_holds(&o.info))
+            .filter(|o| self.pin.as_ref().is_none_or(|p| p.matches(&o.info.root)))
+            .map(|o| Listed {
+                name: o.node_name.to_owned(),
+                addr: o.addr,
+                info: o.info,
+                complete: o.complete,
+            })
+            .collect();
+    }
+
+    /// Versions listed and not abandoned, best first.
+    pub(super) fn ranked_versions(&self) -> Vec<FileInfo> {
+        let mut counts: HashMap<FileInfo, (usize, usize)> = HashMap::new();
+        for owner in &self.listed {
+            if self.abandoned.iter().any(|(a, _)| *a == owner.info) {
+                continue;
+            }
+            let entry = counts.entry(owner.info).or_default();
+            entry.0 += 1;
+            entry.1 += usize::from(owner.complete);
+        }
+        let mut versions: Vec<(FileInfo, (usize, usize))> = counts.into_iter().collect();
+        let order = |i: &FileInfo| (i.root, i.size, i.piece_size);
+        versions.sort_by(|a, b| b.1.cmp(&a.1).then(order(&a.0).cmp(&order(&b.0))));
+        versions.into_iter().map(|(info, _)| info).collect()
+    }
+
+    /// Chooses the best version not yet abandoned; false if there is none (yet).
+    pub(super) fn choose_version(&mut self, now: Instant, io: &mut dyn PeerIo) -> bool {
+        if let Some(pin) = &self.pin {
+            let mut roots: Vec<RootHash> = self.listed.iter().map(|o| o.info.root).collect();
+            roots.sort();
+            roots.dedup();
+            if roots.len() > 1 {
+                let names: Vec<String> = roots.iter().map(|r| crate::node::text::hex(r)).collect();
+                let reason = format!(
+                    "root prefix {} of {} is ambiguous: it matches {}; give more digits",
+                    pin.as_str(),
+                    self.name,
+                    names.join(" and ")
+                );
+                self.fail(io, reason);
+                return false;
+            }
+        }
+        let ranked = self.ranked_versions();
+        let Some(&info) = ranked.first() else {
+            // The tracker pushes the list again as soon as an owner appears.
+            self.starving_since.get_or_insert(now);
+            return false;
+        };
+        let holders = self.listed.iter().filter(|o| o.info == info).count();
+        if ranked.len() > 1 || !self.abandoned.is_empty() {
+            log::warn!(
+                "{}: {} versions are published; taking {} ({} bytes), held by {} of {} owners",
+                self.name,
+                ranked.len() + self.abandoned.len(),
+                short_hex(&info.root),
+                info.size,
+                holders,
+                self.listed.len()
+            );
+        }
+        self.info = Some(info);
+        self.phase = Phase::Hashes;
+        self.starving_since = None;
+        self.last_delivery = now;
+        self.version_progress = now;
+        if info.size == 0 {
+            self.hashes.clear();
+            self.phase = Phase::Store;
+            self.notices.push_back(Notice::NeedStore { info });
+        }
+        true
+    }
+
+    /// Before any piece is stored, a version nobody serves is given up for the next one,
+    /// if there is a next one (with one version, the usual timeouts and retries apply).
+    pub(super) fn check_version(&mut self, now: Instant, io: &mut dyn PeerIo) {
+        if self.phase != Phase::Hashes {
+            return;
+        }
+        let Some(info) = self.info else { return };
+        if !self.ranked_versions().iter().any(|v| *v != info) {
+            return;
+        }
+        let all_failed = self.peers.is_empty() && self.candidates.values().all(|c| c.failures > 0);
+        let patience = self.config.connect_timeout + self.config.first_byte_timeout;
+        let why = if all_failed {
+            "every owner of it failed or was banned".to_owned()
+        } else if now.saturating_duration_since(self.version_progress) > patience {
+            format!(
+                "no owner answered with its layout and hashes for {:.0} s",
+                patience.as_secs_f64()
+            )
+        } else {
+            return;
+        };
+        self.abandon(now, info, why, io);
+    }
+
+    /// Drops the current version with everything learned about it and tries the next.
+    fn abandon(&mut self, now: Instant, info: FileInfo, why: String, io: &mut dyn PeerIo) {
+        log::warn!(
+            "{}: giving up on version {} ({why}); trying the next one",
+            self.name,
+            short_hex(&info.root)
+        );
+        self.abandoned.push((info, why));
+        for (&slot, _) in std::mem::take(&mut self.peers).iter() {
+            io.disconnect(slot);
+        }
+        self.candidates.clear();
+        self.hashes.clear();
+        self.hashes_got.clear();
+        self.hash_source = None;
+        self.hash_asked.clear();
+        self.info = None;
+        self.phase = Phase::Owners;
+        if self.choose_version(now, io) {
+            self.add_candidates(now, io);
+        }
+    }
+
+    /// Why nothing could be fetched, for the failure line once no version is left.
+    pub(super) fn no_version_reason(&self) -> String {
+        if self.abandoned.is_empty() {
+            return match &self.pin {
+                Some(pin) => format!(
+                    "no owner of {} with root {}… is known to the tracker",
+                    self.name,
+                    pin.as_str()
+                ),
+                None => format!("no owner of {} is known to the tracker", self.name),
+            };
+        }
+        let tried: Vec<String> = self
+            .abandoned
+            .iter()
+            .map(|(info, why)| format!("{}: {why}", short_hex(&info.root)))
+            .collect();
+        format!(
+            "no owner serves any listed version of {} ({})",
+            self.name,
+            tried.join("; ")
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pins_parse_match_and_split() {
+        let root: RootHash = [0xab; 32];
+        assert!(RootPin::parse("ABABABAB").unwrap().matches(&root));
+        assert!(RootPin::parse(&"ab".repeat(32)).unwrap().matches(&root));
+        assert!(!RootPin::parse("abababac").unwrap().matches(&root));
+        assert!(RootPin::parse("abab")
+            .unwrap_err()
+            .contains("8 to 64 hex digits"));
+        assert!(RootPin::parse("abababag").is_err());
+        assert!(RootPin::parse(&"a".repeat(65)).is_err());
+        let (name, pin) = split_pin("video.mkv@abababab");
+        assert_eq!(
+            (name, pin.map(|p| p.hex)),
+            ("video.mkv", Some("abababab".into()))
+        );
+        assert_eq!(split_pin("me@home.txt").0, "me@home.txt");
+        assert_eq!(split_pin("@abababab").0, "@abababab");
+        assert!(split_pin("plain").1.is_none());
+    }
+}
