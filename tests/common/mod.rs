@@ -277,6 +277,19 @@ impl Tracker {
         Tracker { proc, addr }
     }
 
+    /// Without `-v`: for tests whose owner lists are too long to log at every change.
+    pub fn start_quiet(extra: &[&str]) -> Tracker {
+        let mut args: Vec<String> = ["--listen", "127.0.0.1:0"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let proc = Proc::spawn("tracker", TRACKER, &args);
+        let line = proc.wait_stdout(|l| l.starts_with("tracker listening on "));
+        let addr = line["tracker listening on ".len()..].trim().to_string();
+        Tracker { proc, addr }
+    }
+
     /// Waits for the tracker's log to list exactly `names` as owners of
     /// `file` (any order), complete owners or partial, as `partial` says.
     /// Returns that line.
@@ -504,4 +517,15 @@ pub fn list_dir(dir: &Path) -> Vec<String> {
         .collect();
     names.sort();
     names
+}
+
+/// A `/proc/PID/status` figure in KiB (`VmRSS`, `VmHWM`: current and peak resident memory).
+pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("cannot read /proc/{pid}/status: {e}"));
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
 }
