@@ -63,7 +63,8 @@ pub struct TrackerLimits {
     pub hello_timeout: Duration,
 }
 
-/// Default [`TrackerLimits::node_budget`]: 16 MiB (about 60,000 owner entries with short names).
+/// Default [`TrackerLimits::node_budget`]: 16 MiB (about 30,000 owner entries with short names,
+/// 16,000 with 250-byte ones).
 pub const DEFAULT_NODE_BUDGET: usize = 16 << 20;
 /// Default [`TrackerLimits::total_budget`]: 512 MiB of accounted tables, so a 2 GB machine
 /// keeps room for the allocator's overhead, the connection buffers and everything else.
@@ -439,9 +440,10 @@ impl TrackerState {
 
 /// Accounted cost of one node entry besides its name: the map slot, the struct, its sets.
 const NODE_COST: usize = 256;
-/// Accounted cost of one owner entry besides the file name (measured: 176 to 517 bytes of
-/// heap per entry, the larger when the entry is its file's only one).
-const OWNER_COST: usize = 320;
+/// Accounted cost of one owner entry besides its file name, counted twice (the file's key
+/// and the node's set): at least the heap it takes, measured by `cargo bench --bench
+/// tracker` at 176 to 517 bytes with 8-byte names (the more when it is its file's only one).
+const OWNER_COST: usize = 512;
 /// Accounted cost of one watch besides the file name: two set slots and a file's watcher slot.
 const WATCH_COST: usize = 160;
 

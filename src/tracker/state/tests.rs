@@ -542,7 +542,7 @@ fn a_backed_up_watcher_gets_only_the_latest_list_once_it_drains() {
         .collect();
     assert_eq!(pushed.len(), 2, "{pushed:?}");
     assert_eq!(pushed[0].1, "f");
-    assert_eq!(pushed[0].2[0].2, true, "the latest state: complete");
+    assert!(pushed[0].2[0].2, "the latest state: complete");
     assert_eq!(pushed[1].1, "g");
     assert_eq!(t.owed(2), 0);
 }
