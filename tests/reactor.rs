@@ -268,7 +268,9 @@ fn back_pressure_bounds_output_of_a_client_that_does_not_read() {
         write_high_water: 256 * 1024,
         write_low_water: 64 * 1024,
         socket_buf: Some(64 * 1024),
-        max_conns: 16,
+        max_inbound: 16,
+        max_inbound_per_ip: 16,
+        max_outbound: 16,
     };
     let (high, cap) = (config.write_high_water, config.read_buf_cap);
     let (ptx, prx) = mpsc::channel();
@@ -620,11 +622,11 @@ fn full_buffer_with_nothing_consumed_stalls_until_resume() {
     assert_eq!(h.total, expect);
 }
 
-/// A conn over `max_conns` is closed at once; the others are served.
+/// A conn over `max_inbound_per_ip` is closed at once; the others are served.
 #[test]
-fn accepts_beyond_max_conns_are_closed() {
+fn accepts_beyond_the_per_ip_cap_are_closed() {
     let config = Config {
-        max_conns: 2,
+        max_inbound_per_ip: 2,
         ..Config::default()
     };
     let (addr, waker, join) = spawn_server(config, Echo::default());
@@ -721,4 +723,106 @@ fn stdin_from_a_file_and_from_a_pipe() {
     drop(pipe);
     let out = proc.wait_with_output().expect("child");
     assert_eq!(ours(&out.stdout), want, "pipe stdin");
+}
+
+/// A client socket from `source` (any 127.x address works on loopback).
+fn client_from(source: [u8; 4], addr: SocketAddr) -> TcpStream {
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    let from = SocketAddr::from((source, 0));
+    socket.bind(&from.into()).expect("bind source");
+    socket.connect(&addr.into()).expect("connect");
+    let s: TcpStream = socket.into();
+    s.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
+    s.set_write_timeout(Some(IO_TIMEOUT)).expect("timeout");
+    s
+}
+
+/// One IP filling the inbound table cannot lock another out: the newcomer takes the
+/// place of the newest conn of the IP holding the most.
+#[test]
+fn a_full_inbound_table_makes_room_for_another_ip() {
+    let config = Config {
+        max_inbound: 3,
+        ..Config::default()
+    };
+    let (addr, waker, join) = spawn_server(config, Echo::default());
+    let mut squatters: Vec<TcpStream> = (0..3).map(|_| client(addr)).collect();
+    for s in &mut squatters {
+        s.write_all(b"hi").expect("write");
+        let mut r = [0u8; 2];
+        s.read_exact(&mut r).expect("echo");
+    }
+    let mut honest = client_from([127, 0, 0, 2], addr);
+    honest.write_all(b"ok").expect("write");
+    let mut r = [0u8; 2];
+    honest.read_exact(&mut r).expect("the newcomer is served");
+    assert_eq!(&r, b"ok");
+    // The newest squatter made room; the two older ones are still served.
+    let mut buf = [0u8; 1];
+    assert_eq!(squatters[2].read(&mut buf).unwrap_or(0), 0, "evicted");
+    for s in &mut squatters[..2] {
+        s.write_all(b"yo").expect("write");
+        let mut r = [0u8; 2];
+        s.read_exact(&mut r).expect("still served");
+    }
+    // A fourth conn from the squatting IP is refused, not given anyone's place.
+    let mut extra = client(addr);
+    assert_eq!(extra.read(&mut buf).unwrap_or(0), 0, "refused");
+    waker.wake();
+    let echo = join.join().expect("server");
+    assert_eq!(echo.accepted, 4);
+}
+
+/// Outbound connects are counted apart: a full inbound table does not stop them.
+#[test]
+fn outbound_connects_work_while_inbound_is_full() {
+    let target = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let target_addr = target.local_addr().expect("addr");
+    let mut reactor = Reactor::new(Config {
+        max_inbound: 1,
+        ..Config::default()
+    })
+    .expect("reactor");
+    let (_, addr) = reactor
+        .listen("127.0.0.1:0".parse().expect("addr"))
+        .expect("listen");
+    let _squatter = client(addr);
+    // Let the reactor accept the squatter, then dial out.
+    let now = reactor.ctx().now();
+    reactor.ctx().set_timer(now + Duration::from_millis(50), 0);
+    struct DialOnTimer {
+        target: SocketAddr,
+        connected: bool,
+        accepted: usize,
+    }
+    impl Handler for DialOnTimer {
+        fn on_accept(&mut self, _: &mut Ctx, _: ListenerId, _: ConnId, _: SocketAddr) {
+            self.accepted += 1;
+        }
+        fn on_data(&mut self, _: &mut Ctx, _: ConnId, input: &[u8]) -> usize {
+            input.len()
+        }
+        fn on_timer(&mut self, ctx: &mut Ctx, key: u64) {
+            if key == 0 {
+                ctx.connect(self.target).expect("outbound room");
+                let at = ctx.now() + IO_TIMEOUT;
+                ctx.set_timer(at, 1);
+            } else {
+                ctx.stop();
+            }
+        }
+        fn on_connect(&mut self, ctx: &mut Ctx, _: ConnId) {
+            self.connected = true;
+            ctx.stop();
+        }
+    }
+    let mut h = DialOnTimer {
+        target: target_addr,
+        connected: false,
+        accepted: 0,
+    };
+    reactor.run(&mut h).expect("run");
+    assert_eq!(h.accepted, 1, "the inbound table was full");
+    assert!(h.connected, "the outbound connect went through");
 }

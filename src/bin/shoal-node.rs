@@ -47,7 +47,7 @@ struct Args {
     /// Exit once every --download has finished (non-zero status if any failed).
     #[arg(long)]
     exit_when_done: bool,
-    /// Log more; twice for protocol traces.
+    /// Log more, with full timestamps (a terminal otherwise gets short local times); twice for protocol traces.
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
     /// Log only errors.

@@ -17,7 +17,7 @@ struct Args {
     /// Seconds a disconnected node's entries are kept for it to reconnect.
     #[arg(long, default_value_t = 5.0, value_parser = parse_seconds)]
     grace: f64,
-    /// Log more (owner tables as they change); twice for protocol traces.
+    /// Log more (owner tables as they change), with full timestamps; twice for protocol traces.
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
     /// Log only errors.

@@ -18,6 +18,7 @@ use slab::Slab;
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 
 use super::conn::{Conn, IoStep, State};
+use super::limits::{Admit, ConnLimits};
 use super::timers::{Due, Timers};
 use super::{CloseReason, Config, ConnId};
 
@@ -56,6 +57,8 @@ pub struct Ctx {
     pub(crate) conns: Slab<Conn>,
     /// Conns the handler sees as open (Connecting or Open).
     pub(crate) open: usize,
+    /// Inbound, outbound and per-IP counts of conns that still hold a socket.
+    pub(crate) limits: ConnLimits,
     pub(crate) timers: Timers,
     pub(crate) stop: bool,
     /// Set while `run` flushes before returning: no new connections.
@@ -76,6 +79,7 @@ impl Ctx {
             now: Instant::now(),
             conns: Slab::new(),
             open: 0,
+            limits: ConnLimits::default(),
             timers: Timers::default(),
             stop: false,
             stopping: false,
@@ -90,18 +94,28 @@ impl Ctx {
         self.now
     }
 
+    /// Reads the clock again after blocking work in a handler (an fsync), so the time it
+    /// reports and everything after it in this iteration see the real time.
+    pub fn refresh_now(&mut self) -> Instant {
+        self.now = Instant::now();
+        self.now
+    }
+
     /// Starts a non-blocking connect; `on_connect` or `on_close(ConnectFailed)` follows.
     ///
     /// `Err` means no connection was created (socket creation failed, the
-    /// `max_conns` cap was reached, or the reactor is stopping) and no
+    /// `max_outbound` cap was reached, or the reactor is stopping) and no
     /// `on_close` will come. An immediate refusal still yields a `ConnId` and
     /// a later `on_close(ConnectFailed)`, so handlers see one failure path.
     pub fn connect(&mut self, addr: SocketAddr) -> io::Result<ConnId> {
         if self.stopping {
             return Err(io::Error::other("reactor is stopping"));
         }
-        if self.conns.len() >= self.config.max_conns {
-            return Err(io::Error::other("connection limit reached"));
+        if !self.limits.outbound_room(&self.config) {
+            return Err(io::Error::other(format!(
+                "outbound connection limit ({}) reached",
+                self.config.max_outbound
+            )));
         }
         let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
         socket.set_nonblocking(true)?;
@@ -124,6 +138,7 @@ impl Ctx {
         let mut conn = Conn::new(stream, addr, State::Connecting);
         conn.interest = Some(Interest::WRITABLE);
         entry.insert(conn);
+        self.limits.add_outbound(id);
         self.open += 1;
         if let Some(kind) = refused {
             self.kill(id, CloseReason::ConnectFailed(kind));
@@ -290,6 +305,7 @@ impl Ctx {
             return;
         };
         if let Some(mut stream) = c.stream.take() {
+            self.limits.remove(id);
             if let Err(e) = self.registry.deregister(&mut stream) {
                 log::debug!("conn {id}: deregister: {e}");
             }
@@ -427,18 +443,27 @@ impl Ctx {
         }
     }
 
-    /// Adds an accepted stream; `None` if over the connection cap (the stream is dropped).
+    /// Adds an accepted stream; `None` if refused by a connection cap (the stream is dropped).
+    ///
+    /// A full inbound table may first evict a conn of the IP holding the most (see `limits`).
     pub(crate) fn add_accepted(
         &mut self,
         mut stream: TcpStream,
         peer: SocketAddr,
     ) -> Option<ConnId> {
-        if self.conns.len() >= self.config.max_conns || self.stopping {
-            log::debug!(
-                "refusing {peer}: connection limit {}",
-                self.config.max_conns
-            );
+        if self.stopping {
             return None;
+        }
+        match self.limits.admit(peer.ip(), &self.config) {
+            Admit::Accept => {}
+            Admit::Evict(victim) => {
+                log::debug!("inbound table full: conn {victim} makes room for {peer}");
+                self.kill(victim, CloseReason::Error(io::ErrorKind::ConnectionAborted));
+            }
+            Admit::Refuse(why) => {
+                log::debug!("refusing {peer}: {why}");
+                return None;
+            }
         }
         tune(&SockRef::from(&stream), &self.config);
         let entry = self.conns.vacant_entry();
@@ -455,6 +480,7 @@ impl Ctx {
         // Data may already be waiting; registration reports it too, but be sure.
         conn.readable = true;
         entry.insert(conn);
+        self.limits.add_inbound(id, peer.ip());
         self.open += 1;
         self.enqueue(id);
         Some(ConnId(id))

@@ -56,6 +56,7 @@
 mod conn;
 mod ctx;
 mod event_loop;
+mod limits;
 mod stdin;
 mod timers;
 
@@ -96,9 +97,15 @@ pub struct Config {
     pub write_low_water: usize,
     /// SO_SNDBUF/SO_RCVBUF to request; the kernel may clamp it (default 4 MiB).
     pub socket_buf: Option<usize>,
-    /// Cap on accepted plus outbound connections, closing ones included (default 4096);
-    /// extra accepts are closed at once.
-    pub max_conns: usize,
+    /// Cap on accepted connections, closing ones included (default 4096). When full, a
+    /// newcomer from an IP holding fewer takes the place of the newest conn of the IP
+    /// holding the most; otherwise it is closed at once.
+    pub max_inbound: usize,
+    /// Cap on accepted connections from one IP address (default 256).
+    pub max_inbound_per_ip: usize,
+    /// Cap on outbound connections, counted apart so inbound floods cannot block them
+    /// (default 1024).
+    pub max_outbound: usize,
 }
 
 impl Default for Config {
@@ -108,7 +115,9 @@ impl Default for Config {
             write_high_water: 4 * 1024 * 1024,
             write_low_water: 1024 * 1024,
             socket_buf: Some(4 * 1024 * 1024),
-            max_conns: 4096,
+            max_inbound: 4096,
+            max_inbound_per_ip: 256,
+            max_outbound: 1024,
         }
     }
 }

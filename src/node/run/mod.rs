@@ -232,39 +232,41 @@ impl Node {
 
     fn print_status(&self) {
         let tracker = if self.tracker.up {
-            "connected"
+            format!("connected to the tracker at {}", self.config.tracker)
         } else {
-            "not connected"
+            format!(
+                "not connected to the tracker at {} (retrying)",
+                self.config.tracker
+            )
         };
-        println!(
-            "node {} at port {}; tracker {} {tracker}",
-            self.config.name, self.listen_port, self.config.tracker
-        );
+        let mut lines = vec![format!(
+            "node {} at port {}, {tracker}",
+            self.config.name, self.listen_port
+        )];
         for job in &self.hashing {
-            println!("  hashing  {}: {} bytes", job.name, job.layout.size);
+            lines.push(format!(
+                "  hashing {} ({}) before sharing it",
+                job.name,
+                super::progress::size(job.layout.size)
+            ));
         }
         for shared in self.shared.values() {
-            println!(
-                "  sharing  {}: {} bytes, root {}",
+            lines.push(format!(
+                "  sharing {} ({}, root {})",
                 shared.name,
-                shared.info.size,
+                super::progress::size(shared.info.size),
                 short_hex(&shared.info.root)
-            );
+            ));
         }
         for (name, t) in &self.downloads {
-            let p = t.dl.progress();
-            println!(
-                "  download {name}: {} of {} bytes, {:.1} MiB/s, {} owners connected, {:?}",
-                p.done,
-                p.total,
-                p.rate / f64::from(1 << 20),
-                p.owners,
-                p.phase
-            );
+            let shown = t.view.smoothed(t.dl.progress());
+            lines.push(format!("  {}", super::progress::status_line(name, &shown)));
         }
         if self.hashing.is_empty() && self.shared.is_empty() && self.downloads.is_empty() {
-            println!("  no transfers");
+            lines.push("  nothing shared or downloading yet".to_owned());
         }
+        let text = lines.join("\n");
+        crate::logging::above_bars(|| println!("{text}"));
     }
 
     fn tick(&mut self, ctx: &mut Ctx) {

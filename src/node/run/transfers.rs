@@ -210,10 +210,12 @@ impl Node {
             .iter()
             .map(|(name, bytes)| format!("{name} {bytes}"))
             .collect();
-        let elapsed = now
+        let moved = partial.finish();
+        // From the request to the file flushed and renamed: the fsync is part of the download.
+        let elapsed = ctx
+            .refresh_now()
             .saturating_duration_since(transfer.started)
             .as_secs_f64();
-        let moved = partial.finish();
         if moved.is_ok() {
             transfer.dl.finished();
             transfer.view.update(now, &transfer.dl.progress());
@@ -226,7 +228,7 @@ impl Node {
         }
         let rate = info.size as f64 / elapsed.max(1e-6) / f64::from(1 << 20);
         println!(
-            "downloaded {file} ({} bytes in {elapsed:.2} s, {rate:.1} MiB/s; fetched {fetched} bytes, kept {kept} from an earlier run)",
+            "downloaded {file} ({} bytes in {elapsed:.2} s = {rate:.1} MiB/s, from the request to the file verified, flushed to disk and renamed; fetched {fetched} bytes, kept {kept} from an earlier run)",
             info.size
         );
         log::info!("{file}: bytes by owner: {}", sources.join(", "));
