@@ -375,12 +375,18 @@ struct Server {
 }
 
 impl Server {
-    /// Starts an in-process tracker with the default limits.
+    /// Starts an in-process tracker with the default limits, but room for every client
+    /// from 127.0.0.1 (the reactor's per-IP cap is for real networks).
     fn tracker() -> io::Result<Server> {
-        let server = tracker::bind(TrackerConfig {
+        let config = TrackerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             limits: Default::default(),
-        })?;
+        };
+        let caps = shoal::reactor::Config {
+            max_inbound_per_ip: 2 * (CLIENTS + OWNERS + MEM_NODES),
+            ..Default::default()
+        };
+        let server = tracker::bind_with_reactor(config, caps)?;
         let (addr, stopper) = (server.local_addr(), server.stopper());
         let (thread, tid) = spawn_reporting_tid("tracker", move || server.run())?;
         Ok(Server {

@@ -50,9 +50,19 @@ pub struct TrackerServer {
 
 /// Binds the listening socket; `run` serves.
 pub fn bind(config: TrackerConfig) -> io::Result<TrackerServer> {
+    bind_with_reactor(config, reactor::Config::default())
+}
+
+/// [`bind`] with the reactor's caps chosen (benches lift the per-IP cap for 1,000
+/// loopback clients); low water is held at or below [`OUTPUT_BOUND`].
+pub fn bind_with_reactor(
+    config: TrackerConfig,
+    reactor_config: reactor::Config,
+) -> io::Result<TrackerServer> {
     let reactor_config = reactor::Config {
-        write_low_water: OUTPUT_BOUND,
-        ..Default::default()
+        // A congested conn (above OUTPUT_BOUND) is then above low water, so its drain comes.
+        write_low_water: reactor_config.write_low_water.min(OUTPUT_BOUND),
+        ..reactor_config
     };
     let mut reactor = Reactor::new(reactor_config)?;
     let (_, addr) = reactor.listen(config.listen)?;
