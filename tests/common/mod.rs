@@ -449,11 +449,12 @@ pub fn seconds_of(downloaded: &str) -> f64 {
         .expect(downloaded)
 }
 
-/// No temporary download files (`.NAME.*.shoal-part`, `.shoal-state`) left.
+/// No temporary download files (`.NAME.*.shoal-part`, `.shoal-state`) left (the node's
+/// secret, `storage::SECRET_FILE`, is no temporary).
 pub fn assert_no_temporaries(dir: &Path) {
     let hidden: Vec<String> = list_dir(dir)
         .into_iter()
-        .filter(|n| n.starts_with('.'))
+        .filter(|n| n.starts_with('.') && n != shoal::storage::SECRET_FILE)
         .collect();
     assert!(
         hidden.is_empty(),
