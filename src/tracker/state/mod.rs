@@ -17,9 +17,9 @@
 //! watcher whose output is backed up are coalesced into one latest list per file,
 //! sent when it drains ([`TrackerState::drained`]).
 //!
-//! The code is split by concern: [`hello`](self) (names, secrets, `Synced`),
-//! `owners` (`Have`, eviction, the budget), `notify` (pushes, coalescing, the
-//! deadline heap).
+//! The code is split by concern: `hello` (names, secrets, `Synced`), `owners`
+//! (`Have`, the per-host caps and eviction), `notify` (pushes, coalescing, the
+//! deadline heap); this file holds the tables, the dispatch and the budget.
 
 mod hello;
 mod notify;
