@@ -27,6 +27,11 @@
 //! process (so memory freed by an earlier phase cannot hide growth); beside it the
 //! live heap bytes (a counting global allocator), which do not depend on what
 //! the allocator keeps mapped (RSS figures drift by megabytes between runs).
+//!
+//! Churn: the state machine alone (sans-IO, in this process), with `N` nodes waiting
+//! out their grace period, while connections arrive, say `Hello` and reset and a
+//! downloader asks `Need`, `poll_timeout` called after every event as `tracker::run`
+//! does; the cost per round beside `N = 0` shows whether deadlines scale with `N`.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::{self, ErrorKind, Read, Write};
@@ -39,6 +44,7 @@ use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
+use shoal::tracker::state::{Outbox, SessionId, TrackerLimits, TrackerState};
 use shoal::tracker::{self, TrackerConfig};
 use shoal::wire::{
     self, decode_frame, kind, Decoded, FileInfo, Limits, Message, NodeToTracker, Owner,
@@ -142,6 +148,18 @@ fn main() -> io::Result<()> {
             .env(MEMORY_CHILD, shape)
             .status()?;
         check(child.success(), "the memory measurement to succeed")?;
+    }
+    // The first run warms the allocator and caches up; the second is the baseline.
+    grace_churn(CHURN_IN_GRACE[0]);
+    let base = grace_churn(CHURN_IN_GRACE[0]);
+    for &n in &CHURN_IN_GRACE {
+        let cost = if n == 0 { base } else { grace_churn(n) };
+        println!(
+            "churn: {n:>6} nodes in grace: {:.2} us per round (connect, hello, reset, Need, \
+             each followed by poll_timeout); {:.2}x the cost with none",
+            cost.as_secs_f64() * 1e6,
+            cost.as_secs_f64() / base.as_secs_f64()
+        );
     }
     let tracked = tracker_throughput()?;
     let echoed = echo_throughput()?;
@@ -357,12 +375,18 @@ struct Server {
 }
 
 impl Server {
-    /// Starts an in-process tracker with the default limits.
+    /// Starts an in-process tracker with the default limits, but room for every client
+    /// from 127.0.0.1 (the reactor's per-IP cap is for real networks).
     fn tracker() -> io::Result<Server> {
-        let server = tracker::bind(TrackerConfig {
+        let config = TrackerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             limits: Default::default(),
-        })?;
+        };
+        let caps = shoal::reactor::Config {
+            max_inbound_per_ip: 2 * (CLIENTS + OWNERS + MEM_NODES),
+            ..Default::default()
+        };
+        let server = tracker::bind_with_reactor(config, caps)?;
         let (addr, stopper) = (server.local_addr(), server.stopper());
         let (thread, tid) = spawn_reporting_tid("tracker", move || server.run())?;
         Ok(Server {
@@ -607,6 +631,76 @@ fn owner_memory(shared: bool) -> io::Result<Memory> {
         live: live.saturating_sub(before),
         heap: heap_after.saturating_sub(heap_before),
     })
+}
+
+// ---- churn ----
+
+/// Nodes in grace during the churn measurement, the first being the baseline.
+const CHURN_IN_GRACE: [usize; 3] = [0, 10_000, 100_000];
+/// Rounds of churn measured at each size.
+const CHURN_ROUNDS: u32 = 100_000;
+/// Distinct names the churning connections cycle through.
+const CHURNERS: usize = 64;
+
+/// An outbox that drops everything (the bench measures the state machine alone).
+struct Discard;
+
+impl Outbox for Discard {
+    fn send(&mut self, _to: SessionId, _msg: &Message<'_>) {}
+    fn close(&mut self, _to: SessionId) {}
+}
+
+/// Cost of one churn round with `in_grace` disconnected nodes waiting out their grace.
+fn grace_churn(in_grace: usize) -> Duration {
+    let now = Instant::now();
+    let limits = TrackerLimits {
+        max_owners_per_host: usize::MAX,
+        ..TrackerLimits::default()
+    };
+    let mut t = TrackerState::new(limits);
+    let ip = std::net::IpAddr::from([127, 0, 0, 1]);
+    let say = |t: &mut TrackerState, session: usize, msg: NodeToTracker<'_>| {
+        t.handle(now, session, &Message::NodeToTracker(msg), &mut Discard);
+    };
+    fn hello(name: &str) -> NodeToTracker<'_> {
+        NodeToTracker::Hello {
+            node_name: name,
+            listen_port: 7000,
+            secret: *blake3::hash(name.as_bytes()).as_bytes(),
+        }
+    }
+    for i in 0..in_grace {
+        let name = file_name("grace", i);
+        t.connected(now, i, ip);
+        say(&mut t, i, hello(&name));
+        say(
+            &mut t,
+            i,
+            NodeToTracker::Have {
+                name: "f",
+                info: file_info("f"),
+                complete: true,
+            },
+        );
+        t.disconnected(now, i);
+    }
+    let asker = in_grace;
+    t.connected(now, asker, ip);
+    say(&mut t, asker, hello("asker"));
+    let names: Vec<String> = (0..CHURNERS).map(|i| file_name("churn", i)).collect();
+    let start = Instant::now();
+    for r in 0..CHURN_ROUNDS as usize {
+        let session = asker + 1 + r % CHURNERS;
+        t.connected(now, session, ip);
+        std::hint::black_box(t.poll_timeout());
+        say(&mut t, session, hello(&names[r % CHURNERS]));
+        std::hint::black_box(t.poll_timeout());
+        t.disconnected(now, session);
+        std::hint::black_box(t.poll_timeout());
+        say(&mut t, asker, NodeToTracker::Need { name: "g" });
+        std::hint::black_box(t.poll_timeout());
+    }
+    start.elapsed() / CHURN_ROUNDS
 }
 
 // ---- setup connections ----

@@ -20,14 +20,17 @@ def t_connect(s, ip=0): return t_op(s, 0, b(ip))
 def t_disconnect(s): return t_op(s, 3)
 def t_name(n): return b(0, NAMES.index(n))          # ratio(7,8) true, then index
 def t_send(s, msg): return t_op(s, 4, msg)
-def hello(n): return b(0) + t_name(n) + b(1)          # port 4000
+def hello(n, secret=0): return b(0) + t_name(n) + b(1, secret)   # port 4000, secret [secret; 32]
 def have(f, root=0, pieces=1, complete=1): return b(2) + t_name(f) + b(0, root) + b(0, pieces) + b(complete)
 def need(f): return b(4) + t_name(f)
 def unneed(f): return b(5) + t_name(f)
 def drop(f, root=0): return b(6) + t_name(f) + b(0, root)
-def exit_(): return b(7)
+def exit_(): return b(7, 1)
+def synced(): return b(7, 0)
 def advance_ms(ms): return t_op(0, 12, b(0, ms >> 8, ms & 0xff))   # int_in_range(0..=10000), 2 bytes BE
 def wake(): return t_op(0, 14)
+def congest(s): return t_op(s, 16)
+def drain(s): return t_op(s, 17)
 
 seeds = {}
 # Nodes fill the file table, a watcher is told of changes, one exits, the rest vanish.
@@ -49,11 +52,26 @@ s += t_disconnect(2) + advance_ms(2500) + wake()
 seeds["tracker_ops/seed-tables"] = s
 # Protocol mistakes: before hello, twice hello, a name already connected, a peer message, watching limits.
 s = t_connect(0) + t_send(0, need("a")) + t_connect(1) + t_send(1, hello("a")) + t_send(1, hello("b"))
-s += t_connect(2) + t_send(2, hello("a")) + t_send(2, b(10, 0, 0, 1, 0, 0, 0))     # HavePiece
+s += t_connect(2) + t_send(2, hello("a", secret=1)) + t_send(2, b(10, 0, 0, 1, 0, 0, 0))     # HavePiece
 for f in "bcdef":
     s += t_send(1, need(f))
 s += t_send(1, unneed("b")) + advance_ms(3000)
 seeds["tracker_ops/seed-mistakes"] = s
+# A watcher backs up while an owner flips a flag; it drains and gets the latest list once.
+s = t_connect(0) + t_send(0, hello("a")) + t_connect(1, 1) + t_send(1, hello("b")) + t_send(1, need("f"))
+s += congest(1) + t_send(1, need("g"))
+for k in range(6):
+    s += t_send(0, have("f", complete=k % 2)) + advance_ms(150)
+s += drain(1) + advance_ms(150)
+seeds["tracker_ops/seed-backpressure"] = s
+# A node restarts with one file changed and says Synced; a stranger tries its name; fake roots.
+s = t_connect(0) + t_send(0, hello("a")) + t_send(0, have("d", root=0)) + t_send(0, have("e", root=1))
+s += t_disconnect(0) + t_connect(1, 1) + t_send(1, hello("a", secret=1))
+s += t_connect(2, 2) + t_send(2, hello("a")) + t_send(2, have("d", root=2)) + t_send(2, synced())
+for r in range(4):
+    s += t_send(2, have("f", root=r))
+s += t_connect(3) + advance_ms(3500)
+seeds["tracker_ops/seed-names"] = s
 
 # ---- download_ops ----
 def setup(pieces, last_len, owners=2, holds=None, claim=None, max_peers=4, small_steps=0, big=False, first=None, pin=0):

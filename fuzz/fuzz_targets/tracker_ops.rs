@@ -14,15 +14,22 @@
 //!   `owner_entries()` (an entry whose node is gone would be counted but not listed);
 //! - the `Outbox` only gets owner lists and errors, for connected sessions, and
 //!   `encode` accepts every one of them;
-//! - once due deadlines are handled, `poll_timeout()` is `None` or later than now.
+//! - once due deadlines are handled, `poll_timeout()` is `None` or later than now;
+//! - the memory budgets hold: `memory_used() <= total_budget`, and every known node's
+//!   `node_memory` is at most `node_budget`;
+//! - backpressure: a congested session (the driver marks sessions congested and
+//!   drains them, as the glue's `pending_out` bound would) is sent no owner list:
+//!   its frames wait unread, as `on_data` leaves them, and pushes to it are owed
+//!   instead (at most one per file: `owed() <= max_files_per_node`); when it drains
+//!   it gets each owed file's list at most once, before its waiting frames are fed.
 //!
-//! At the end every session disconnects and the clock passes the grace period:
-//! then no owner entry and no deadline may be left.
+//! At the end every session disconnects and the clock passes the grace period and
+//! the hello deadline: then no owner entry, no accounted byte and no deadline may be left.
 //!
 //! `SHOAL_FUZZ_TRACE=1` prints every step and every reply (for triage).
 #![no_main]
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -49,6 +56,11 @@ fn limits() -> TrackerLimits {
         max_owners_per_file: 4,
         max_files_per_node: 4,
         notify_delay: Duration::from_millis(100),
+        max_versions_per_host: 2,
+        max_owners_per_host: 3,
+        node_budget: 1800,
+        total_budget: 6000,
+        hello_timeout: Duration::from_secs(3),
     }
 }
 
@@ -94,7 +106,14 @@ enum Op<'a> {
     Advance { ms: u64 },
     /// A timer fires whether or not anything is due.
     Wake,
+    /// `session`'s output backs up past the glue's bound.
+    Congest { session: SessionId },
+    /// `session`'s output drains.
+    Drain { session: SessionId },
 }
+
+/// Most bytes a congested session's unread input holds in the driver (the read buffer's cap).
+const MAX_UNREAD: usize = 4096;
 
 /// A name from `NAMES`, sometimes an arbitrary string (which the codec may refuse).
 fn name<'a>(u: &mut Unstructured<'a>) -> Result<&'a str> {
@@ -151,7 +170,13 @@ fn message<'a>(u: &mut Unstructured<'a>) -> Result<Message<'a>> {
             name: name(u)?,
             root: root(u)?,
         }),
-        7 => Message::NodeToTracker(NodeToTracker::Exit),
+        7 => {
+            if u.arbitrary()? {
+                Message::NodeToTracker(NodeToTracker::Exit)
+            } else {
+                Message::NodeToTracker(NodeToTracker::Synced)
+            }
+        }
         8 => Message::KeepAlive,
         9 => Message::Error {
             code: ErrorCode::from_u8(u.int_in_range(1..=5)?).unwrap_or(ErrorCode::Protocol),
@@ -189,7 +214,7 @@ fn message<'a>(u: &mut Unstructured<'a>) -> Result<Message<'a>> {
 /// The next operation, from the fuzz input.
 fn op<'a>(u: &mut Unstructured<'a>) -> Result<Op<'a>> {
     let session = u.choose_index(SESSIONS)?;
-    Ok(match u.int_in_range(0..=15)? {
+    Ok(match u.int_in_range(0..=17)? {
         0..=2 => Op::Connect {
             session,
             ip: IPS[u.choose_index(IPS.len())?],
@@ -213,7 +238,9 @@ fn op<'a>(u: &mut Unstructured<'a>) -> Result<Op<'a>> {
                 u.int_in_range(0..=MAX_ADVANCE_MS)?
             },
         },
-        _ => Op::Wake,
+        14 | 15 => Op::Wake,
+        16 => Op::Congest { session },
+        _ => Op::Drain { session },
     })
 }
 
@@ -224,6 +251,10 @@ struct Sink {
     live: BTreeSet<SessionId>,
     /// Sessions the tracker asked to close, not yet disconnected.
     closing: Vec<SessionId>,
+    /// Live sessions whose output is backed up.
+    congested: BTreeSet<SessionId>,
+    /// Names of the lists sent while `drained` runs, to check each goes at most once.
+    drain_lists: Option<Vec<String>>,
 }
 
 impl Outbox for Sink {
@@ -241,7 +272,20 @@ impl Outbox for Sink {
         );
         if let Message::TrackerToNode(list) = msg {
             assert!(list.owners.len() <= limits().max_owners_per_file);
+            if let Some(names) = &mut self.drain_lists {
+                assert!(
+                    !names.iter().any(|n| n == list.name),
+                    "one drain sent two lists of {}",
+                    list.name
+                );
+                names.push(list.name.to_owned());
+            }
         }
+        // Errors (a refusal before a close) may still go; owner lists may not.
+        assert!(
+            !(self.congested.contains(&to) && matches!(msg, Message::TrackerToNode(_))),
+            "an owner list sent to session {to} while its output is backed up: {msg:?}"
+        );
         let mut frame = Vec::new();
         if let Err(e) = encode(msg, &mut frame) {
             panic!("the tracker sent a message encode refuses ({e}): {msg:?}");
@@ -255,6 +299,10 @@ impl Outbox for Sink {
         );
         self.closing.push(to);
     }
+
+    fn congested(&self, to: SessionId) -> bool {
+        self.congested.contains(&to)
+    }
 }
 
 /// The tracker, its clock, and what the driver knows.
@@ -264,6 +312,8 @@ struct Sim {
     sink: Sink,
     /// Every name fed to the tracker in a decoded frame (file names among them).
     names: BTreeSet<String>,
+    /// Input of congested sessions, waiting unread as in the reactor's read buffer.
+    unread: BTreeMap<SessionId, Vec<u8>>,
 }
 
 impl Sim {
@@ -274,6 +324,7 @@ impl Sim {
             now: Instant::now(),
             sink: Sink::default(),
             names: BTreeSet::new(),
+            unread: BTreeMap::new(),
         }
     }
 
@@ -285,7 +336,7 @@ impl Sim {
         match op {
             Op::Connect { session, ip } => {
                 if self.sink.live.insert(session) {
-                    self.tracker.connected(session, ip);
+                    self.tracker.connected(self.now, session, ip);
                 }
             }
             Op::Disconnect { session } => self.disconnect(session),
@@ -298,6 +349,21 @@ impl Sim {
             Op::Raw { session, bytes } => self.deliver(session, bytes),
             Op::Advance { ms } => self.now += Duration::from_millis(ms),
             Op::Wake => self.tracker.handle_timeout(self.now, &mut self.sink),
+            Op::Congest { session } => {
+                if self.sink.live.contains(&session) {
+                    self.sink.congested.insert(session);
+                }
+            }
+            Op::Drain { session } => {
+                if self.sink.congested.remove(&session) {
+                    self.sink.drain_lists = Some(Vec::new());
+                    self.tracker.drained(session, &mut self.sink);
+                    self.sink.drain_lists = None;
+                    assert_eq!(self.tracker.owed(session), 0, "owed lists left after a drain");
+                    let waiting = self.unread.remove(&session).unwrap_or_default();
+                    self.deliver(session, &waiting);
+                }
+            }
         }
         self.settle();
         self.check();
@@ -309,6 +375,12 @@ impl Sim {
             return;
         }
         while !bytes.is_empty() {
+            if self.sink.congested.contains(&session) {
+                let unread = self.unread.entry(session).or_default();
+                let room = MAX_UNREAD.saturating_sub(unread.len());
+                unread.extend_from_slice(&bytes[..bytes.len().min(room)]);
+                break;
+            }
             match decode_frame(bytes, &TRACKER_LIMITS) {
                 Ok(Decoded::Frame(msg, used)) => {
                     bytes = &bytes[used..];
@@ -342,6 +414,8 @@ impl Sim {
     /// A live session's connection goes away.
     fn disconnect(&mut self, session: SessionId) {
         if self.sink.live.remove(&session) {
+            self.sink.congested.remove(&session);
+            self.unread.remove(&session);
             self.tracker.disconnected(self.now, session);
         }
     }
@@ -387,6 +461,14 @@ impl Sim {
         if let Some(at) = self.tracker.poll_timeout() {
             assert!(at > self.now, "a handled deadline is still due");
         }
+        assert!(self.tracker.memory_used() <= limits.total_budget);
+        for node in self.tracker.node_names() {
+            let used = self.tracker.node_memory(&node).unwrap_or(0);
+            assert!(used <= limits.node_budget, "{node} costs {used} bytes");
+        }
+        for &session in &self.sink.congested {
+            assert!(self.tracker.owed(session) <= limits.max_files_per_node);
+        }
     }
 
     /// Everyone leaves and the grace period passes: nothing may be left behind.
@@ -394,8 +476,10 @@ impl Sim {
         for session in std::mem::take(&mut self.sink.live) {
             self.tracker.disconnected(self.now, session);
         }
+        self.sink.congested.clear();
         let limits = limits();
-        self.now += limits.grace.max(limits.notify_delay) + Duration::from_millis(1);
+        self.now += limits.grace.max(limits.notify_delay).max(limits.hello_timeout)
+            + Duration::from_millis(1);
         self.tracker.handle_timeout(self.now, &mut self.sink);
         assert_eq!(
             self.tracker.owner_entries(),
@@ -407,6 +491,7 @@ impl Sim {
             None,
             "a deadline outlived every node"
         );
+        assert_eq!(self.tracker.memory_used(), 0, "accounted bytes outlived their nodes");
         for name in &self.names {
             assert!(self.tracker.owners_of(name).is_empty());
         }

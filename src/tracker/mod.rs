@@ -6,5 +6,5 @@
 pub mod run;
 pub mod state;
 
-pub use run::{bind, TrackerConfig, TrackerServer};
+pub use run::{bind, bind_with_reactor, TrackerConfig, TrackerServer};
 pub use state::{short_hex, TrackerLimits, TrackerState};

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use super::state::{Outbox, SessionId, TrackerLimits, TrackerState};
-use crate::reactor::{CloseReason, ConnId, Ctx, Handler, ListenerId, Reactor, Stopper};
+use crate::reactor::{self, CloseReason, ConnId, Ctx, Handler, ListenerId, Reactor, Stopper};
 use crate::wire::{self, Decoded, ErrorCode, Limits, Message};
 
 /// The reactor timer key for the state machine's deadlines.
@@ -17,6 +17,11 @@ const SWEEP: u64 = 2;
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Largest frame a node may send the tracker: control messages only, so far below the data limit.
 const MAX_TRACKER_PAYLOAD: usize = 64 << 10;
+/// A connection with more output than this waiting is congested: its frames stay unread
+/// (so a node asking and never reading costs at most this plus one reply) and owner-list
+/// pushes to it are coalesced until it drains. Equal to the reactor's low water, so the
+/// drain that resumes it always comes.
+pub const OUTPUT_BOUND: usize = 1 << 20;
 
 /// What `tracker::bind` needs.
 #[derive(Clone, Debug)]
@@ -45,7 +50,21 @@ pub struct TrackerServer {
 
 /// Binds the listening socket; `run` serves.
 pub fn bind(config: TrackerConfig) -> io::Result<TrackerServer> {
-    let mut reactor = Reactor::new(Default::default())?;
+    bind_with_reactor(config, reactor::Config::default())
+}
+
+/// [`bind`] with the reactor's caps chosen (benches lift the per-IP cap for 1,000
+/// loopback clients); low water is held at or below [`OUTPUT_BOUND`].
+pub fn bind_with_reactor(
+    config: TrackerConfig,
+    reactor_config: reactor::Config,
+) -> io::Result<TrackerServer> {
+    let reactor_config = reactor::Config {
+        // A congested conn (above OUTPUT_BOUND) is then above low water, so its drain comes.
+        write_low_water: reactor_config.write_low_water.min(OUTPUT_BOUND),
+        ..reactor_config
+    };
+    let mut reactor = Reactor::new(reactor_config)?;
     let (_, addr) = reactor.listen(config.listen)?;
     reactor.enable_signals()?;
     let handler = TrackerHandler {
@@ -103,6 +122,10 @@ impl Outbox for CtxOutbox<'_> {
     fn close(&mut self, to: SessionId) {
         self.0.close(ConnId(to));
     }
+
+    fn congested(&self, to: SessionId) -> bool {
+        self.0.pending_out(ConnId(to)) > OUTPUT_BOUND
+    }
 }
 
 impl TrackerHandler {
@@ -118,8 +141,9 @@ impl TrackerHandler {
 
 impl Handler for TrackerHandler {
     fn on_accept(&mut self, ctx: &mut Ctx, _listener: ListenerId, conn: ConnId, peer: SocketAddr) {
-        self.state.connected(conn.0, peer.ip());
+        self.state.connected(ctx.now(), conn.0, peer.ip());
         self.last_heard.insert(conn, ctx.now());
+        self.schedule(ctx);
     }
 
     fn on_data(&mut self, ctx: &mut Ctx, conn: ConnId, input: &[u8]) -> usize {
@@ -130,6 +154,10 @@ impl Handler for TrackerHandler {
         self.last_heard.insert(conn, now);
         let mut used = 0;
         while used < input.len() {
+            if ctx.pending_out(conn) > OUTPUT_BOUND {
+                // The rest waits in the read buffer until on_drain resumes reading.
+                break;
+            }
             match wire::decode_frame(&input[used..], &limits) {
                 Ok(Decoded::Frame(msg, len)) => {
                     used += len;
@@ -154,6 +182,12 @@ impl Handler for TrackerHandler {
         }
         self.schedule(ctx);
         used
+    }
+
+    fn on_drain(&mut self, ctx: &mut Ctx, conn: ConnId) {
+        self.state.drained(conn.0, &mut CtxOutbox(ctx));
+        ctx.resume_reading(conn);
+        self.schedule(ctx);
     }
 
     fn on_close(&mut self, ctx: &mut Ctx, conn: ConnId, _reason: CloseReason) {

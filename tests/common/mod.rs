@@ -277,6 +277,19 @@ impl Tracker {
         Tracker { proc, addr }
     }
 
+    /// Without `-v`: for tests whose owner lists are too long to log at every change.
+    pub fn start_quiet(extra: &[&str]) -> Tracker {
+        let mut args: Vec<String> = ["--listen", "127.0.0.1:0"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let proc = Proc::spawn("tracker", TRACKER, &args);
+        let line = proc.wait_stdout(|l| l.starts_with("tracker listening on "));
+        let addr = line["tracker listening on ".len()..].trim().to_string();
+        Tracker { proc, addr }
+    }
+
     /// Waits for the tracker's log to list exactly `names` as owners of
     /// `file` (any order), complete owners or partial, as `partial` says.
     /// Returns that line.
@@ -436,11 +449,12 @@ pub fn seconds_of(downloaded: &str) -> f64 {
         .expect(downloaded)
 }
 
-/// No temporary download files (`.NAME.*.shoal-part`, `.shoal-state`) left.
+/// No temporary download files (`.NAME.*.shoal-part`, `.shoal-state`) left (the node's
+/// secret, `storage::SECRET_FILE`, is no temporary).
 pub fn assert_no_temporaries(dir: &Path) {
     let hidden: Vec<String> = list_dir(dir)
         .into_iter()
-        .filter(|n| n.starts_with('.'))
+        .filter(|n| n.starts_with('.') && n != shoal::storage::SECRET_FILE)
         .collect();
     assert!(
         hidden.is_empty(),
