@@ -8,7 +8,10 @@ use std::io::Write;
 use std::mem::MaybeUninit;
 use std::time::Duration;
 
-use common::{put_file, random_bytes, tempdir, Node, Tracker};
+use common::{
+    assert_same_file, download_and_exit, put_file, random_bytes, start_owner, tempdir, Node,
+    Tracker,
+};
 use shoal::storage::{
     hash_piece, root_hash, DiskDone, DiskWorker, Folder, Layout, PieceStore, StorageError,
 };
@@ -307,4 +310,29 @@ fn a_rename_that_fails_on_the_disk_thread_fails_the_download_and_the_node_serves
     let (_other, other_dir) = common::download_and_exit(&tracker, "other", "small.bin");
     common::assert_same_file(other_dir.path(), "small.bin", &small);
     assert!(down.proc.is_running(), "{}", down.proc.dump());
+}
+
+/// Drops `path`'s pages from the page cache (written back first, so nothing is lost).
+fn evict_from_page_cache(path: &std::path::Path) {
+    use std::os::unix::io::AsRawFd;
+    let file = std::fs::File::open(path).expect("open");
+    file.sync_all().expect("fsync");
+    // SAFETY: posix_fadvise takes an open fd and integers; no memory is shared.
+    let r = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    assert_eq!(r, 0, "posix_fadvise");
+}
+
+/// A block that is not in the page cache is read in by the disk thread, not the reactor,
+/// and the download is exact.
+#[test]
+fn blocks_not_in_memory_are_read_in_by_the_disk_thread() {
+    let tracker = Tracker::start();
+    let data = random_bytes(4 << 20);
+    let (owner, owner_dir) = start_owner(&tracker, "cold", "cold.bin", &data, &["-v"]);
+    evict_from_page_cache(&owner_dir.path().join("cold.bin"));
+    let (_down, down_dir) = download_and_exit(&tracker, "reader", "cold.bin");
+    assert_same_file(down_dir.path(), "cold.bin", &data);
+    owner
+        .proc
+        .wait_stderr(|l| l.contains("not in memory; the disk thread reads it in"));
 }

@@ -54,6 +54,10 @@ pub struct ServeConn {
     queue: VecDeque<BlockRequest>,
     /// Versions this peer asked about: it is told of pieces we gain.
     watching: Vec<RootHash>,
+    /// The next block is being read into the page cache by the disk thread.
+    waiting_disk: bool,
+    /// The disk thread read the next block in: read it now even if it left the cache again.
+    may_wait: bool,
 }
 
 impl ServeConn {
@@ -149,31 +153,85 @@ impl ServeConn {
     pub fn next_request(&mut self) -> Option<BlockRequest> {
         self.queue.pop_front()
     }
+
+    /// Puts `request` back first: its block was not in memory and is being read in.
+    pub fn wait_for_disk(&mut self, request: BlockRequest) {
+        self.queue.push_front(request);
+        self.waiting_disk = true;
+    }
+
+    /// The disk thread read the first queued block in: serve it, waiting if need be.
+    pub fn disk_ready(&mut self) {
+        self.waiting_disk = false;
+        self.may_wait = true;
+    }
+
+    /// True while the next block is being read in (nothing to send until then).
+    pub fn is_waiting_disk(&self) -> bool {
+        self.waiting_disk
+    }
+
+    /// Whether the next read may wait for the disk (once, after a warm read), and resets it.
+    pub fn take_may_wait(&mut self) -> bool {
+        std::mem::take(&mut self.may_wait)
+    }
 }
 
-/// Encodes the block answering `request` into `out`, reading it from the store in place.
-/// Returns the data bytes written, or the error frame's reason if the piece cannot be read.
+/// What serving one block came to.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Served {
+    /// The block is in the output: this many data bytes.
+    Sent(u32),
+    /// Not in memory, and waiting was not allowed: nothing was written.
+    NotCached,
+}
+
+/// Why a block read gave nothing.
+enum ReadFail {
+    NotCached,
+    Failed(String),
+}
+
+/// Encodes the block answering `request` into `out`, reading it from the store in place;
+/// unless `may_wait`, only from memory (a block that is not gives [`Served::NotCached`] and
+/// writes nothing). Errs with the error frame's reason if the piece cannot be read.
 pub fn serve_block(
     request: &BlockRequest,
     lib: &dyn Library,
     out: &mut Vec<u8>,
-) -> Result<u32, String> {
+    may_wait: bool,
+) -> Result<Served, String> {
     let view = lib.by_root(&request.root).ok_or("file no longer served")?;
     let layout = Layout {
         size: view.info.size,
         piece_size: view.info.piece_size,
     };
     let at = layout.piece_offset(request.piece) + u64::from(request.offset);
-    crate::wire::encode_block_uninit(
+    let read = crate::wire::encode_block_uninit(
         out,
         &request.root,
         request.piece,
         request.offset,
         request.len as usize,
-        |buf| view.store.read_at_uninit(at, buf),
-    )
-    .map_err(|e| e.to_string())?;
-    Ok(request.len)
+        |buf| {
+            if may_wait {
+                return view
+                    .store
+                    .read_at_uninit(at, buf)
+                    .map_err(|e| ReadFail::Failed(e.to_string()));
+            }
+            match view.store.read_cached_uninit(at, buf) {
+                Ok(Some(filled)) => Ok(filled),
+                Ok(None) => Err(ReadFail::NotCached),
+                Err(e) => Err(ReadFail::Failed(e.to_string())),
+            }
+        },
+    );
+    match read {
+        Ok(()) => Ok(Served::Sent(request.len)),
+        Err(ReadFail::NotCached) => Ok(Served::NotCached),
+        Err(ReadFail::Failed(why)) => Err(why),
+    }
 }
 
 /// A request is served only for a held piece and a range inside it.

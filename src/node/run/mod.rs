@@ -18,7 +18,7 @@ use super::download::{split_pin, Download, Notice, PeerIo, Phase, RootPin};
 use super::peer::SlotId;
 use super::progress::ProgressView;
 use super::rate::TokenBucket;
-use super::serve::{serve_block, FileView, Library, ServeConn, ServeOutcome};
+use super::serve::{serve_block, FileView, Library, ServeConn, ServeOutcome, Served};
 use super::text::{esc, hex, say, say_err};
 use crate::reactor::{CloseReason, ConnId, Ctx, Handler, ListenerId, Reactor, Stopper};
 use crate::storage::{self, DiskDone, DiskWorker, Folder, Hash, Layout, PartialFile, SharedFile};
@@ -540,8 +540,7 @@ impl Node {
                 piece_size,
                 result,
             } => self.hashed(ctx, file, piece_size, result),
-            // Nothing asks for warm reads yet.
-            DiskDone::Warmed { .. } => {}
+            DiskDone::Warmed { key } => self.warmed(ctx, key),
         }
     }
 

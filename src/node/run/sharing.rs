@@ -267,6 +267,9 @@ impl Node {
             downloads: &self.downloads,
         };
         while ctx.pending_out(conn) < SERVE_TARGET && serve.queued() > 0 {
+            if serve.is_waiting_disk() {
+                break;
+            }
             if let Some(bucket) = self.bucket.as_mut() {
                 if !bucket.ready(now) {
                     break;
@@ -276,11 +279,37 @@ impl Node {
                 break;
             };
             let Some(out) = ctx.out_buf(conn) else { return };
-            match serve_block(&request, &lib, out) {
-                Ok(sent) => {
+            let may_wait = serve.take_may_wait();
+            match serve_block(&request, &lib, out, may_wait) {
+                Ok(Served::Sent(sent)) => {
                     if let Some(bucket) = self.bucket.as_mut() {
                         bucket.take(now, u64::from(sent));
                     }
+                }
+                Ok(Served::NotCached) => {
+                    // The disk thread reads it in and `warmed` serves it; the network goes on.
+                    serve.wait_for_disk(request);
+                    let Some(s) = shared_by_root(&self.shared, &request.root) else {
+                        // Not a shared file (a partial one): read it here after all.
+                        serve.disk_ready();
+                        continue;
+                    };
+                    let layout = Layout {
+                        size: s.info.size,
+                        piece_size: s.info.piece_size,
+                    };
+                    let at = layout.piece_offset(request.piece) + u64::from(request.offset);
+                    let key = conn.0 as u64;
+                    log::debug!(
+                        "{}: piece {} not in memory; the disk thread reads it in",
+                        esc(&s.name),
+                        request.piece
+                    );
+                    if !self.disk.warm(&s.store, at, u64::from(request.len), key) {
+                        serve.disk_ready();
+                        continue;
+                    }
+                    return;
                 }
                 Err(why) => {
                     log::warn!("cannot serve piece {}: {}", request.piece, esc(&why));
@@ -299,6 +328,18 @@ impl Node {
                     return;
                 }
             }
+        }
+    }
+
+    /// The disk thread read in the block `conn` waits for (the key is the conn's id; a conn
+    /// closed meanwhile, or its id reused, just gets a harmless extra pump).
+    pub(super) fn warmed(&mut self, ctx: &mut Ctx, key: u64) {
+        let conn = ConnId(key as usize);
+        if let Some(Role::Serve(serve, _)) = self.conns.get_mut(&conn) {
+            if serve.is_waiting_disk() {
+                serve.disk_ready();
+            }
+            self.pump(ctx, conn);
         }
     }
 
@@ -325,7 +366,8 @@ impl Node {
 /// A serving connection waits on the rate limit when it has requests queued and room for
 /// more output; one at or above the target is woken by its drain instead.
 pub(super) fn serve_waiting(ctx: &Ctx, conn: ConnId, role: &Role) -> bool {
-    matches!(role, Role::Serve(s, _) if s.queued() > 0) && ctx.pending_out(conn) < SERVE_TARGET
+    matches!(role, Role::Serve(s, _) if s.queued() > 0 && !s.is_waiting_disk())
+        && ctx.pending_out(conn) < SERVE_TARGET
 }
 
 /// Why the file behind `s` is no longer the one that was hashed, if it is not.
