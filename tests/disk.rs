@@ -336,3 +336,49 @@ fn blocks_not_in_memory_are_read_in_by_the_disk_thread() {
         .proc
         .wait_stderr(|l| l.contains("not in memory; the disk thread reads it in"));
 }
+
+/// On a resume the disk thread re-hashes what the earlier run left; a kept piece that was
+/// damaged meanwhile is fetched again, and the file is exact.
+#[test]
+fn a_resume_rechecks_kept_pieces_and_refetches_a_damaged_one() {
+    let tracker = Tracker::start();
+    let data = random_bytes(2 * 1024 * 1024);
+    let (_owner, _owner_dir) = start_owner(
+        &tracker,
+        "slow",
+        "r.bin",
+        &data,
+        &["--piece-size", "16K", "--max-upload-rate", "512K"],
+    );
+    tracker.wait_owners("r.bin", &["slow"]);
+    let dir = tempdir();
+    let mark = tracker.proc.stderr_mark();
+    let mut first = Node::start("again", &tracker, dir.path(), &["--download", "r.bin"]);
+    common::wait_partial(&tracker, mark, "r.bin", "again");
+    first.proc.kill9();
+
+    // Damage every byte the first run kept: whatever it recorded now fails its hash.
+    let part = common::list_dir(dir.path())
+        .into_iter()
+        .find(|n| n.ends_with(".shoal-part"))
+        .expect("a partial file is left");
+    let path = dir.path().join(part);
+    let len = fs::metadata(&path).expect("stat").len();
+    let mut file = OpenOptions::new().write(true).open(&path).expect("open");
+    file.write_all(&vec![0x55; len as usize]).expect("damage");
+    file.sync_all().expect("fsync");
+
+    let mut second = Node::start_download("again", &tracker, dir.path(), "r.bin");
+    let status = second.proc.wait_exit();
+    assert!(status.success(), "{status:?}\n{}", second.proc.dump());
+    assert!(
+        second
+            .proc
+            .stderr_lines()
+            .iter()
+            .any(|l| l.contains("left by an earlier run fails its hash")),
+        "the damage was not noticed\n{}",
+        second.proc.dump()
+    );
+    assert_same_file(dir.path(), "r.bin", &data);
+}

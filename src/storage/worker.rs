@@ -21,7 +21,7 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 
-use super::{Folder, PartialFile, PieceHashes, SharedFile, StorageError};
+use super::{Folder, Hash, PartialFile, PieceHashes, SharedFile, StorageError};
 
 /// What the worker is asked to do.
 pub(crate) enum Job {
@@ -32,6 +32,11 @@ pub(crate) enum Job {
         folder: Folder,
         file: SharedFile,
         piece_size: u32,
+    },
+    /// Re-hash the pieces a download's earlier run recorded as verified (a resume).
+    Check {
+        file: PartialFile,
+        hashes: Vec<Hash>,
     },
     /// Read a range into the page cache, then report `key` (a serve read that would wait).
     Warm {
@@ -68,6 +73,15 @@ pub enum DiskDone {
         piece_size: u32,
         /// Its hashes, or the read error.
         result: Result<PieceHashes, StorageError>,
+    },
+    /// A resumed download's recorded pieces were re-hashed ([`DiskWorker::check`]).
+    Checked {
+        /// The file's name in the folder.
+        name: String,
+        /// The download's file, handed back (boxed: it is big beside the other results).
+        file: Box<PartialFile>,
+        /// Per piece: recorded and matching its hash; or why they could not be read.
+        result: Result<Vec<bool>, StorageError>,
     },
     /// A range asked for with [`DiskWorker::warm`] is in the page cache now (or could not
     /// be read: the serve path's own read then says why).
@@ -152,6 +166,12 @@ impl DiskWorker {
             file,
             piece_size,
         });
+    }
+
+    /// Queues re-hashing the pieces `file` records as verified against `hashes`; a
+    /// [`DiskDone::Checked`] follows (pieces that fail are recorded as not verified).
+    pub fn check(&mut self, file: PartialFile, hashes: Vec<Hash>) {
+        self.queue(Job::Check { file, hashes });
     }
 
     /// Queues reading `len` bytes at `offset` of `file` into the page cache; a
@@ -255,6 +275,15 @@ fn run(job: Job, stop: &AtomicBool) -> Option<DiskDone> {
                 result,
             })
         }
+        Job::Check { mut file, hashes } => {
+            let name = file.name().to_owned();
+            let result = check_claims(&mut file, &hashes);
+            Some(DiskDone::Checked {
+                name,
+                file: Box::new(file),
+                result,
+            })
+        }
         Job::Warm {
             file,
             offset,
@@ -270,6 +299,32 @@ fn run(job: Job, stop: &AtomicBool) -> Option<DiskDone> {
         }
         Job::Stop => None,
     }
+}
+
+/// The pieces `file` records as verified whose bytes still match `hashes`; the others are
+/// recorded as not verified, so they are fetched again.
+fn check_claims(file: &mut PartialFile, hashes: &[Hash]) -> Result<Vec<bool>, StorageError> {
+    let layout = file.layout();
+    let claimed = file.claimed_done();
+    let mut checked = vec![false; claimed.len()];
+    let mut scratch = Vec::new();
+    for (piece, _) in claimed.iter().enumerate().filter(|(_, &c)| c) {
+        let (Ok(index), Some(want)) = (u32::try_from(piece), hashes.get(piece)) else {
+            continue;
+        };
+        let len = layout.piece_len(index);
+        let hash = super::hash_stored_piece(&*file, layout.piece_offset(index), len, &mut scratch)?;
+        if hash == *want {
+            checked[piece] = true;
+        } else {
+            log::info!(
+                "{}: piece {index} left by an earlier run fails its hash; fetching it again",
+                file.name()
+            );
+            file.mark_bad(index)?;
+        }
+    }
+    Ok(checked)
 }
 
 /// Asks the kernel to start writing back a range of `file` without waiting for it.

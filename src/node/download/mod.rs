@@ -214,6 +214,8 @@ pub struct Download<S> {
     verify_next: u32,
     verify_due: Option<Instant>,
     claimed: Vec<bool>,
+    /// The claims were already checked against the hashes (by the driver, off the network thread).
+    claims_checked: bool,
     scratch: Vec<u8>,
     /// Owners phase: since when the tracker has listed nobody.
     starving_since: Option<Instant>,
@@ -260,6 +262,7 @@ impl<S: PartStore> Download<S> {
             verify_next: 0,
             verify_due: None,
             claimed: Vec::new(),
+            claims_checked: false,
             scratch: Vec::new(),
             starving_since: None,
             last_delivery: now,
@@ -681,8 +684,28 @@ impl<S: PartStore> Download<S> {
         }
     }
 
-    /// The driver attached storage; `claimed` are pieces a previous run recorded as verified.
+    /// The driver attached storage; `claimed` are pieces a previous run recorded as verified,
+    /// re-hashed here in steps before they count.
     pub fn attach_store(&mut self, now: Instant, store: S, claimed: &[bool], io: &mut dyn PeerIo) {
+        self.claims_checked = false;
+        self.attach(now, store, claimed, io);
+    }
+
+    /// As [`attach_store`](Self::attach_store), but `checked` are pieces the driver has
+    /// already re-hashed against [`hashes`](Self::hashes) (on its disk thread): they count
+    /// at once.
+    pub fn attach_checked(
+        &mut self,
+        now: Instant,
+        store: S,
+        checked: &[bool],
+        io: &mut dyn PeerIo,
+    ) {
+        self.claims_checked = true;
+        self.attach(now, store, checked, io);
+    }
+
+    fn attach(&mut self, now: Instant, store: S, claimed: &[bool], io: &mut dyn PeerIo) {
         if self.phase != Phase::Store {
             return;
         }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use super::bitfield::Bitfield;
 use super::command::{self, Command};
 use super::config::NodeConfig;
-use super::download::{split_pin, Download, Notice, PeerIo, Phase, RootPin};
+use super::download::{split_pin, Download, Notice, PeerIo, Phase, Progress, RootPin};
 use super::peer::SlotId;
 use super::progress::ProgressView;
 use super::rate::TokenBucket;
@@ -183,6 +183,19 @@ struct Transfer {
     announced: bool,
     view: ProgressView,
     next_draw: Instant,
+    /// The disk thread is re-hashing the pieces an earlier run left.
+    checking: bool,
+}
+
+impl Transfer {
+    /// The download's progress, saying "checking" while the disk thread checks a resume.
+    fn progress(&self) -> Progress {
+        let mut progress = self.dl.progress();
+        if self.checking {
+            progress.phase = Phase::Verify;
+        }
+        progress
+    }
 }
 
 /// The node: every state machine and the connection roles.
@@ -289,7 +302,7 @@ impl Node {
             ));
         }
         for (name, t) in &self.downloads {
-            let shown = t.view.smoothed(t.dl.progress());
+            let shown = t.view.smoothed(t.progress());
             lines.push(format!("  {}", super::progress::status_line(name, &shown)));
         }
         if self.hashing.is_empty() && self.shared.is_empty() && self.downloads.is_empty() {
@@ -344,7 +357,8 @@ impl Node {
             .filter(|t| !t.dl.is_over() && t.next_draw <= now)
         {
             t.next_draw = now + PROGRESS_EVERY;
-            t.view.update(now, &t.dl.progress());
+            let progress = t.progress();
+            t.view.update(now, &progress);
         }
         if self.bucket.is_some() {
             self.pump_all(ctx);
@@ -541,6 +555,7 @@ impl Node {
                 result,
             } => self.hashed(ctx, file, piece_size, result),
             DiskDone::Warmed { key } => self.warmed(ctx, key),
+            DiskDone::Checked { name, file, result } => self.checked(ctx, &name, *file, result),
         }
     }
 

@@ -87,6 +87,7 @@ impl Node {
             announced: false,
             view: ProgressView::new(name, self.config.progress, now),
             next_draw: now,
+            checking: false,
         };
         self.downloads.insert(name.to_owned(), transfer);
         if self.tracker.up {
@@ -157,12 +158,46 @@ impl Node {
             partial.start_writeback_with(&self.disk);
         }
         let now = ctx.now();
-        self.with_download(ctx, file, |dl, io| match opened {
-            Ok(partial) => {
-                let claimed = partial.claimed_done();
-                dl.attach_store(now, partial, &claimed, io);
+        if let Ok(partial) = opened {
+            let Some(transfer) = self.downloads.get_mut(file) else {
+                return;
+            };
+            if !partial.claimed_done().iter().any(|&c| c) {
+                self.with_download(ctx, file, |dl, io| dl.attach_checked(now, partial, &[], io));
+                return;
             }
-            Err(e) => dl.abort(format!("cannot create its temporary file: {e}"), io),
+            // A resume: what the earlier run recorded is re-hashed on the disk thread.
+            let hashes = transfer.dl.hashes().map(<[_]>::to_vec).unwrap_or_default();
+            transfer.checking = true;
+            self.disk.check(partial, hashes);
+            return;
+        }
+        self.with_download(ctx, file, |dl, io| {
+            if let Err(e) = opened {
+                dl.abort(format!("cannot create its temporary file: {e}"), io)
+            }
+        });
+    }
+
+    /// The disk thread re-hashed what an earlier run of `file` left: the download goes on.
+    pub(super) fn checked(
+        &mut self,
+        ctx: &mut Ctx,
+        file: &str,
+        partial: PartialFile,
+        result: Result<Vec<bool>, storage::StorageError>,
+    ) {
+        let Some(transfer) = self.downloads.get_mut(file) else {
+            return;
+        };
+        transfer.checking = false;
+        if transfer.dl.is_over() {
+            return;
+        }
+        let now = ctx.now();
+        self.with_download(ctx, file, |dl, io| match result {
+            Ok(checked) => dl.attach_checked(now, partial, &checked, io),
+            Err(e) => dl.abort(format!("cannot read back {file}: {e}"), io),
         });
     }
 
@@ -241,7 +276,8 @@ impl Node {
             return;
         }
         transfer.dl.finished();
-        transfer.view.update(now, &transfer.dl.progress());
+        let progress = transfer.progress();
+        transfer.view.update(now, &progress);
         transfer.view.finish(true);
         let hashes = transfer.dl.hashes_owned();
         let (fetched, kept) = (transfer.dl.fetched_bytes(), transfer.dl.kept_bytes());
