@@ -460,3 +460,27 @@ fn unrequested_blocks_do_not_reset_the_give_up_clock() {
     let limit = DownloadConfig::default().no_source_timeout + Duration::from_secs(1);
     assert!(out.elapsed <= limit, "{:?}", out.elapsed);
 }
+
+#[test]
+fn many_names_from_one_host_do_not_outvote_owners_on_other_hosts() {
+    let real = file(3 * PIECE as usize, 6);
+    let info = info_of(&real);
+    let on = |ip: [u8; 4], mut o: Owner_| {
+        o.addr = SocketAddr::from((ip, o.addr.port()));
+        o
+    };
+    let mut owners: Vec<Owner_> = (1..=6)
+        .map(|n| on([10, 9, 9, 9], owner(n, fake_root(0), &real, Acts::Silent)))
+        .collect();
+    owners.push(on([10, 0, 0, 1], owner(7, info, &real, Acts::Honest)));
+    owners.push(on([10, 0, 0, 2], owner(8, info, &real, Acts::Honest)));
+    let out = run(download(), &owners, Duration::from_secs(60));
+    assert_eq!(out.end, Some(Notice::Complete));
+    assert_eq!(out.bytes, real);
+    // Two hosts beat six names on one: the fake version is never even tried.
+    assert!(
+        out.contacted.iter().all(|a| a.ip() != owners[0].addr.ip()),
+        "{:?}",
+        out.contacted
+    );
+}

@@ -3,8 +3,8 @@
 //!
 //! Anyone can announce anything under any name, so a version is only believed once
 //! an owner answered with its layout and hashes that hash to its root. Until then
-//! the versions are ranked (most owners, then most complete owners, then the
-//! smallest root, so every downloader ranks alike), and a version whose owners all
+//! the versions are ranked (most hosts, then most owners, then most complete owners,
+//! then the smallest root, so every downloader ranks alike), and a version whose owners all
 //! fail, or that nobody serves within the connect and first-byte timeouts, is
 //! abandoned for the next. Pieces of two versions are never mixed: a version is
 //! only abandoned before any piece of it is stored.
@@ -106,18 +106,25 @@ impl<S: PartStore> Download<S> {
             .collect();
     }
 
-    /// Versions listed and not abandoned, best first.
+    /// Versions listed and not abandoned, best first: held from the most hosts (IP
+    /// addresses), then by the most owners, then the most complete ones. Hosts come first
+    /// because one host can announce under as many node names as it likes.
     pub(super) fn ranked_versions(&self) -> Vec<FileInfo> {
-        let mut counts: HashMap<FileInfo, (usize, usize)> = HashMap::new();
+        let mut hosts: HashMap<FileInfo, HashSet<std::net::IpAddr>> = HashMap::new();
+        let mut counts: HashMap<FileInfo, (usize, usize, usize)> = HashMap::new();
         for owner in &self.listed {
             if self.abandoned.iter().any(|(a, _)| *a == owner.info) {
                 continue;
             }
+            hosts.entry(owner.info).or_default().insert(owner.addr.ip());
             let entry = counts.entry(owner.info).or_default();
-            entry.0 += 1;
-            entry.1 += usize::from(owner.complete);
+            entry.1 += 1;
+            entry.2 += usize::from(owner.complete);
         }
-        let mut versions: Vec<(FileInfo, (usize, usize))> = counts.into_iter().collect();
+        for (info, entry) in counts.iter_mut() {
+            entry.0 = hosts.get(info).map_or(0, HashSet::len);
+        }
+        let mut versions: Vec<(FileInfo, (usize, usize, usize))> = counts.into_iter().collect();
         let order = |i: &FileInfo| (i.root, i.size, i.piece_size);
         versions.sort_by(|a, b| b.1.cmp(&a.1).then(order(&a.0).cmp(&order(&b.0))));
         versions.into_iter().map(|(info, _)| info).collect()
