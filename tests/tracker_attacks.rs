@@ -451,3 +451,34 @@ fn a_connection_that_never_says_hello_is_closed() {
     let (_alice, _a) = honest_owner(&tracker, "alice", &data);
     honest_download(&tracker, "bob", &data);
 }
+
+/// A node that crashes and comes back (within the grace period) with its file changed
+/// states its whole set again: the tracker drops the old version instead of listing both,
+/// and a downloader gets the new bytes.
+#[test]
+fn a_restarted_owner_with_a_changed_file_is_listed_with_the_new_version_only() {
+    let tracker = Tracker::start_with(&["--grace", "60"]);
+    let old = random_bytes(1 << 20);
+    let (mut owner, dir) = start_owner(&tracker, "changer", "v.bin", &old, &[]);
+    let old_root = root_of(&owner.wait_sharing("v.bin"));
+    owner.proc.kill9();
+
+    let new = random_bytes(1 << 20);
+    put_file(dir.path(), "v.bin", &new);
+    let mark = tracker.proc.stderr_mark();
+    let back = Node::start("changer", &tracker, dir.path(), &["--upload", "v.bin"]);
+    let new_root = root_of(&back.wait_sharing("v.bin"));
+    assert_ne!(old_root, new_root);
+    // The old entry goes once the node says it has stated everything it holds.
+    tracker.proc.wait_stderr_from(mark, |l| {
+        owner_list(l, "v.bin").is_some_and(|o| o == ["changer"])
+            && l.contains(&new_root[..8])
+            && !l.contains(&old_root[..8])
+    });
+    let mut asker = Raw::join(&tracker.addr, host(3), "asker", [3; 32]);
+    let owners = asker.owners("v.bin");
+    assert_eq!(owners.len(), 1, "{owners:?}");
+    let (down, down_dir) = download_and_exit(&tracker, "fresh", "v.bin");
+    assert_same_file(down_dir.path(), "v.bin", &new);
+    drop(down);
+}
