@@ -10,8 +10,13 @@
 //! `cargo bench --bench swarm` runs the 16-downloader crowd (64 MiB, 8 MiB/s) and
 //! the 2-downloader case (20 MiB/s). `SHOAL_SWARM=N:SIZE_MIB:RATE_MIB` runs one crowd.
 
+// The swarm runs real processes; of the shared helpers it needs only the file generator.
+#[allow(dead_code)]
+#[path = "../examples/support/mod.rs"]
+mod support;
+
 use std::fs;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -106,25 +111,6 @@ fn node_args(name: &str, tracker: &str, dir: &Path, rate_mib: u64) -> Vec<String
     .collect()
 }
 
-/// Pseudo-random bytes (xorshift), so no piece repeats.
-fn write_file(path: &Path, size: u64) {
-    let mut out = fs::File::create(path).expect("create");
-    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mut buf = vec![0u8; 1 << 20];
-    let mut left = size;
-    while left > 0 {
-        for word in buf.chunks_exact_mut(8) {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            word.copy_from_slice(&state.to_le_bytes());
-        }
-        let n = left.min(buf.len() as u64) as usize;
-        out.write_all(&buf[..n]).expect("write");
-        left -= n as u64;
-    }
-}
-
 /// One crowd: each downloader's completion time in seconds, sorted, and the bytes the owner delivered.
 fn crowd(downloaders: usize, size_mib: u64, rate_mib: u64) -> (Vec<f64>, u64) {
     let root = tempfile::tempdir().expect("tempdir");
@@ -137,7 +123,7 @@ fn crowd(downloaders: usize, size_mib: u64, rate_mib: u64) -> (Vec<f64>, u64) {
     let owner_dir = root.path().join("owner");
     fs::create_dir_all(&owner_dir).expect("dir");
     let data = owner_dir.join("f.bin");
-    write_file(&data, size_mib << 20);
+    support::generate(&data, size_mib << 20, 0).expect("write the file");
     let mut args = node_args("owner", &tracker_addr, &owner_dir, rate_mib);
     args.extend(["--upload".into(), "f.bin".into()]);
     let (owner, _, _) = spawn_until(NODE, &args, "sharing f.bin");

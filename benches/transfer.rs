@@ -250,7 +250,7 @@ fn download(
     if !ok || fs::metadata(&got).map(|m| m.len()).ok() != Some(size) {
         return Err(io::Error::other(format!("download of {name} failed")));
     }
-    if !same_bytes(original, &got)? {
+    if !support::same_bytes(original, &got)? {
         return Err(io::Error::other(format!("{name}: downloaded bytes differ")));
     }
     fs::remove_dir_all(&dir)?;
@@ -281,33 +281,6 @@ fn wait_with_rss(mut child: std::process::Child) -> io::Result<(bool, u64)> {
     let _ = child.kill();
     let _ = child.wait();
     Err(io::Error::other("the downloader ran for over 10 minutes"))
-}
-
-/// Whether two files hold the same bytes, compared 1 MiB at a time.
-fn same_bytes(a: &Path, b: &Path) -> io::Result<bool> {
-    let (mut fa, mut fb) = (File::open(a)?, File::open(b)?);
-    let (mut ba, mut bb) = (vec![0u8; CHUNK], vec![0u8; CHUNK]);
-    loop {
-        let n = read_full(&mut fa, &mut ba)?;
-        if n != read_full(&mut fb, &mut bb)? || ba[..n] != bb[..n] {
-            return Ok(false);
-        }
-        if n == 0 {
-            return Ok(true);
-        }
-    }
-}
-
-/// Reads until `buf` is full or the file ends; returns the bytes read.
-fn read_full(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match file.read(&mut buf[n..])? {
-            0 => break,
-            k => n += k,
-        }
-    }
-    Ok(n)
 }
 
 /// Flushes every dirty page so no measurement pays for the previous one's writeback.

@@ -14,8 +14,8 @@
 
 mod support;
 
-use std::fs::{self, File};
-use std::io::{self, Read, Write};
+use std::fs;
+use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -25,7 +25,7 @@ use clap::Parser;
 use shoal::node::rate::parse_size;
 use shoal::node::{self, NodeConfig};
 use shoal::wire;
-use support::{generate, start_owner, start_tracker, wait_for_owners, CHUNK};
+use support::{generate, start_owner, start_tracker, wait_for_owners};
 
 /// Name of the generated file.
 const FILE: &str = "demo.bin";
@@ -114,7 +114,7 @@ fn demo(args: &Args) -> io::Result<bool> {
         download_in_process(tracker_addr, &dl_dir)?
     };
 
-    let identical = ok && same_bytes(&original, &dl_dir.join(FILE))?;
+    let identical = ok && support::same_bytes(&original, &dl_dir.join(FILE))?;
     if ok {
         println!(
             "from {owners} owners on loopback, pieces of {} KiB, everything on this machine",
@@ -195,38 +195,4 @@ fn node_binary() -> io::Result<PathBuf> {
             binary.display()
         )))
     }
-}
-
-/// Whether two files hold the same bytes, compared 1 MiB at a time.
-fn same_bytes(a: &Path, b: &Path) -> io::Result<bool> {
-    let (mut fa, mut fb) = match (File::open(a), File::open(b)) {
-        (Ok(fa), Ok(fb)) => (fa, fb),
-        (Err(e), _) => return Err(e),
-        (_, Err(_)) => return Ok(false),
-    };
-    if fa.metadata()?.len() != fb.metadata()?.len() {
-        return Ok(false);
-    }
-    let (mut ba, mut bb) = (vec![0u8; CHUNK], vec![0u8; CHUNK]);
-    loop {
-        let n = read_full(&mut fa, &mut ba)?;
-        if n != read_full(&mut fb, &mut bb)? || ba[..n] != bb[..n] {
-            return Ok(false);
-        }
-        if n == 0 {
-            return Ok(true);
-        }
-    }
-}
-
-/// Reads until `buf` is full or the file ends; returns the bytes read.
-fn read_full(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match file.read(&mut buf[n..])? {
-            0 => break,
-            k => n += k,
-        }
-    }
-    Ok(n)
 }

@@ -62,29 +62,16 @@ pub fn encode_block_with<E>(
     len: usize,
     fill: impl FnOnce(&mut [u8]) -> Result<(), E>,
 ) -> Result<(), E> {
-    debug_assert!(
-        (1..=MAX_BLOCK_LEN as usize).contains(&len),
-        "encode_block_with: len {len} not in 1..=MAX_BLOCK_LEN"
-    );
-    let start = out.len();
-    let payload_len = BLOCK_HEADER_LEN + len;
-    out.reserve(HEADER_LEN + payload_len + TRAILER_LEN);
-    // Truncation only for a len that already broke the precondition by gigabytes;
-    // the CRC then fails at the receiver.
-    put_header(out, kind::FILE_COMMUNICATION, payload_len as u32);
-    out.extend_from_slice(root);
-    out.extend_from_slice(&piece.to_be_bytes());
-    out.extend_from_slice(&offset.to_be_bytes());
-    let data_start = out.len();
-    // Safe Rust cannot hand out uninitialised memory, so the data area is zeroed
-    // once (a memset, far cheaper than the read that fills it) and filled in place.
-    out.resize(data_start + len, 0);
-    if let Err(e) = fill(&mut out[data_start..]) {
-        out.truncate(start);
-        return Err(e);
-    }
-    put_crc(out, start);
-    Ok(())
+    encode_block_uninit(out, root, piece, offset, len, |area| {
+        // Safe code cannot fill uninitialised memory, so the area is zeroed first.
+        for b in area.iter_mut() {
+            b.write(0);
+        }
+        // SAFETY: every byte was just written, and MaybeUninit<u8> has the layout of u8.
+        let area = unsafe { &mut *(area as *mut [MaybeUninit<u8>] as *mut [u8]) };
+        fill(area)?;
+        Ok(area)
+    })
 }
 
 /// As [`encode_block_with`], without zeroing the data area first: `fill` gets it

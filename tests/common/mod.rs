@@ -266,23 +266,18 @@ impl Tracker {
 
     /// Listening on `listen` (to restart one on the address nodes know).
     pub fn start_on(listen: &str, extra: &[&str]) -> Tracker {
-        let mut args: Vec<String> = ["--listen", listen, "-v"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let proc = Proc::spawn("tracker", TRACKER, &args);
-        let line = proc.wait_stdout(|l| l.starts_with("tracker listening on "));
-        let addr = line["tracker listening on ".len()..].trim().to_string();
-        Tracker { proc, addr }
+        let mut args = vec!["-v"];
+        args.extend_from_slice(extra);
+        Tracker::spawn(listen, &args)
     }
 
     /// Without `-v`: for tests whose owner lists are too long to log at every change.
     pub fn start_quiet(extra: &[&str]) -> Tracker {
-        let mut args: Vec<String> = ["--listen", "127.0.0.1:0"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        Tracker::spawn("127.0.0.1:0", extra)
+    }
+
+    fn spawn(listen: &str, extra: &[&str]) -> Tracker {
+        let mut args: Vec<String> = vec!["--listen".into(), listen.into()];
         args.extend(extra.iter().map(|s| s.to_string()));
         let proc = Proc::spawn("tracker", TRACKER, &args);
         let line = proc.wait_stdout(|l| l.starts_with("tracker listening on "));
