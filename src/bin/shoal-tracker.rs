@@ -1,5 +1,6 @@
 //! `shoal-tracker`: knows which nodes own which file.
 
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -42,7 +43,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    println!("tracker listening on {}", server.local_addr());
+    // Scripts read the address here; a closed stdout must not stop the tracker.
+    let _ = writeln!(
+        std::io::stdout(),
+        "tracker listening on {}",
+        server.local_addr()
+    );
     match server.run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

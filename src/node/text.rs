@@ -37,23 +37,7 @@ macro_rules! say_err {
 }
 pub(crate) use say_err;
 
-/// A name as it may be logged: control characters (which could forge log lines or
-/// move the terminal's cursor) are escaped as Rust writes them, everything else kept.
-#[derive(Clone, Copy, Debug)]
-pub struct Escaped<'a>(pub &'a str);
-
-impl fmt::Display for Escaped<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for c in self.0.chars() {
-            if c.is_control() {
-                write!(f, "{}", c.escape_debug())?;
-            } else {
-                write!(f, "{c}")?;
-            }
-        }
-        Ok(())
-    }
-}
+pub use crate::wire::Escaped;
 
 /// Lowercase hex of `bytes` (a root hash in full, to pin a download to it).
 pub fn hex(bytes: &[u8]) -> String {

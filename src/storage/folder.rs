@@ -207,6 +207,18 @@ impl SharedFile {
         self.changed
     }
 
+    /// Same length, modification time and inode as when opened: its bytes were not
+    /// rewritten as far as the file system tells (a link or chmod changes only the
+    /// change time, which [`unchanged`](Self::unchanged) also compares).
+    pub fn unmodified(&self) -> bool {
+        match self.file.metadata() {
+            Ok(m) => {
+                m.len() == self.len && m.modified().ok() == self.modified && m.ino() == self.inode
+            }
+            Err(_) => false,
+        }
+    }
+
     /// True if size, mtime, ctime and inode are still what they were at open (fstat now).
     pub fn unchanged(&self) -> bool {
         match self.file.metadata() {

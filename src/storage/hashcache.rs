@@ -123,9 +123,21 @@ impl Folder {
             }
         }
         let hashes = hasher.into_hashes();
+        if !file.unmodified() {
+            // Hashes of bytes that moved under us describe no content: publishing them
+            // would only get us banned by every downloader.
+            return Some(Err(super::own_err(
+                file.name(),
+                "hash",
+                std::io::ErrorKind::Interrupted,
+                "it changed while it was being hashed; upload it again once it is complete"
+                    .to_string(),
+            )));
+        }
         if !file.unchanged() {
-            log::warn!(
-                "{}: changed while it was hashed; its hashes are not cached",
+            // A link or chmod meanwhile: the bytes stand, but the cache key moved.
+            log::debug!(
+                "{}: its inode changed while hashed; not cached",
                 file.name()
             );
         } else if let Err(e) = self.save_hashes(file, piece_size, &hashes) {

@@ -1,13 +1,13 @@
-//! [`DiskWorker`]: one thread for the disk work that can take seconds.
+//! [`DiskWorker`]: the threads for the disk work that can take seconds.
 //!
 //! The reactor must never wait on the disk: an fsync of a freshly written
 //! 1 GiB file takes about half a second here and much longer on a slow disk,
-//! and hashing a file to publish it reads all of it. Those jobs go to this
-//! thread, which reports each result through a channel and calls `notify`
+//! and hashing a file to publish it reads all of it. Those jobs go to these
+//! threads, which report each result through a channel and call `notify`
 //! (the node passes its reactor's wake handle), so the network stays on one
 //! thread and the driver picks results up in its wake callback.
 //!
-//! Jobs run in the order they were queued. Writeback kicks
+//! Jobs of one lane run in the order they were queued. Writeback kicks
 //! ([`PartialFile`] sends them every few MiB written) only ask the kernel to
 //! start writing dirty pages (`sync_file_range(SYNC_FILE_RANGE_WRITE)`),
 //! which returns without waiting for the disk unless its queue is full; they
@@ -91,15 +91,79 @@ pub enum DiskDone {
     },
 }
 
-/// Handle on the disk thread: queue jobs, collect results; dropping it lets the thread finish its queue and exit.
+/// Handle on the disk threads: queue jobs, collect results; dropping it lets the threads
+/// finish their queues and exit.
+///
+/// Two threads, so that short jobs never wait behind long ones: one *quick* lane for
+/// fsync + rename, page-cache reads for serving and writeback kicks (each bounded by one
+/// file or one block), one *slow* lane for reading whole files (publish hashing, resume
+/// checks), which can take seconds per GiB.
 pub struct DiskWorker {
-    jobs: Option<Sender<Job>>,
-    /// Set by `drain`: hashing still queued or running is dropped (a stopping node does not wait for it).
+    quick: Lane,
+    slow: Lane,
+    /// Set by `drain`: hashing and checks still queued or running are dropped (a stopping
+    /// node does not wait for them).
     stop: Arc<AtomicBool>,
     done: Receiver<DiskDone>,
-    /// Results of jobs run on the caller's thread because the worker was gone.
+    /// Results of jobs run on the caller's thread because a thread was gone.
     inline: Vec<DiskDone>,
+}
+
+/// One disk thread and its queue.
+struct Lane {
+    jobs: Option<Sender<Job>>,
     thread: Option<JoinHandle<()>>,
+}
+
+impl Lane {
+    fn start(
+        name: &str,
+        stop: &Arc<AtomicBool>,
+        outbox: Sender<DiskDone>,
+        notify: Arc<dyn Fn() + Send + Sync>,
+    ) -> io::Result<Lane> {
+        let (jobs, inbox) = mpsc::channel::<Job>();
+        let stopping = Arc::clone(stop);
+        let thread = thread::Builder::new().name(name.into()).spawn(move || {
+            // One read buffer per thread for warm reads, kept across jobs.
+            let mut scratch = Vec::new();
+            for job in inbox {
+                if matches!(job, Job::Stop) {
+                    return;
+                }
+                if let Some(result) = run(job, &stopping, &mut scratch) {
+                    if outbox.send(result).is_err() {
+                        return;
+                    }
+                    notify();
+                }
+            }
+        })?;
+        Ok(Lane {
+            jobs: Some(jobs),
+            thread: Some(thread),
+        })
+    }
+
+    /// Sends `job`, or hands it back if the thread is gone.
+    fn send(&self, job: Job) -> Option<Job> {
+        match &self.jobs {
+            Some(tx) => tx.send(job).err().map(|mpsc::SendError(job)| job),
+            None => Some(job),
+        }
+    }
+
+    /// Lets the thread finish what was queued before, then joins it.
+    fn stop(&mut self) {
+        if let Some(jobs) = self.jobs.take() {
+            let _ = jobs.send(Job::Stop);
+        }
+        if let Some(thread) = self.thread.take() {
+            if thread.join().is_err() {
+                log::error!("a disk thread panicked");
+            }
+        }
+    }
 }
 
 /// Lets a [`PartialFile`] queue writeback kicks without owning the worker.
@@ -124,33 +188,19 @@ impl Kicker {
 }
 
 impl DiskWorker {
-    /// Starts the thread; `notify` is called (from it) after every result, to wake the driver.
-    pub fn start(notify: impl Fn() + Send + 'static) -> io::Result<DiskWorker> {
-        let (jobs, inbox) = mpsc::channel::<Job>();
+    /// Starts the threads; `notify` is called (from them) after every result, to wake the driver.
+    pub fn start(notify: impl Fn() + Send + Sync + 'static) -> io::Result<DiskWorker> {
         let (outbox, done) = mpsc::channel();
         let stop = Arc::new(AtomicBool::new(false));
-        let stopping = Arc::clone(&stop);
-        let thread = thread::Builder::new()
-            .name("shoal-disk".into())
-            .spawn(move || {
-                for job in inbox {
-                    if matches!(job, Job::Stop) {
-                        return;
-                    }
-                    if let Some(result) = run(job, &stopping) {
-                        if outbox.send(result).is_err() {
-                            return;
-                        }
-                        notify();
-                    }
-                }
-            })?;
+        let notify: Arc<dyn Fn() + Send + Sync> = Arc::new(notify);
+        let quick = Lane::start("shoal-disk", &stop, outbox.clone(), Arc::clone(&notify))?;
+        let slow = Lane::start("shoal-hash", &stop, outbox, notify)?;
         Ok(DiskWorker {
-            jobs: Some(jobs),
+            quick,
+            slow,
             stop,
             done,
             inline: Vec::new(),
-            thread: Some(thread),
         })
     }
 
@@ -204,37 +254,31 @@ impl DiskWorker {
     }
 
     /// Waits until every queued finish has run and returns the results (for a clean stop);
-    /// hashing not done yet is abandoned (at most 16 MiB more is read).
+    /// hashing and checks not done yet are abandoned (at most 16 MiB more is read).
     pub fn drain(&mut self) -> Vec<DiskDone> {
         self.stop.store(true, Ordering::Relaxed);
-        if let Some(jobs) = self.jobs.take() {
-            let _ = jobs.send(Job::Stop);
-        }
-        if let Some(thread) = self.thread.take() {
-            if thread.join().is_err() {
-                log::error!("the disk thread panicked");
-            }
-        }
+        self.slow.stop();
+        self.quick.stop();
         let mut all = std::mem::take(&mut self.inline);
         all.extend(self.done.try_iter());
         all
     }
 
     pub(crate) fn kicker(&self) -> Option<Kicker> {
-        self.jobs.clone().map(Kicker)
+        self.quick.jobs.clone().map(Kicker)
     }
 
-    /// Sends `job` to the thread, or runs it here if the thread is gone (it panicked or was drained).
+    /// Sends `job` to its lane, or runs it here if that thread is gone (it panicked or was drained).
     fn queue(&mut self, job: Job) {
-        let job = match &self.jobs {
-            Some(tx) => match tx.send(job) {
-                Ok(()) => return,
-                Err(mpsc::SendError(job)) => job,
-            },
-            None => job,
+        let lane = match job {
+            Job::Hash { .. } | Job::Check { .. } => &self.slow,
+            _ => &self.quick,
+        };
+        let Some(job) = lane.send(job) else {
+            return;
         };
         log::warn!("disk thread gone; running a disk job on the network thread");
-        if let Some(done) = run(job, &self.stop) {
+        if let Some(done) = run(job, &self.stop, &mut Vec::new()) {
             self.inline.push(done);
         }
     }
@@ -250,13 +294,13 @@ impl Drop for DiskWorker {
 impl std::fmt::Debug for DiskWorker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DiskWorker")
-            .field("running", &self.jobs.is_some())
+            .field("running", &self.quick.jobs.is_some())
             .finish()
     }
 }
 
 /// Runs one job on the current thread; None for a writeback kick or hashing abandoned at `stop`.
-fn run(job: Job, stop: &AtomicBool) -> Option<DiskDone> {
+fn run(job: Job, stop: &AtomicBool, scratch: &mut Vec<u8>) -> Option<DiskDone> {
     match job {
         Job::Finish(file) => {
             let name = file.name().to_owned();
@@ -277,7 +321,7 @@ fn run(job: Job, stop: &AtomicBool) -> Option<DiskDone> {
         }
         Job::Check { mut file, hashes } => {
             let name = file.name().to_owned();
-            let result = check_claims(&mut file, &hashes);
+            let result = check_claims(&mut file, &hashes, stop)?;
             Some(DiskDone::Checked {
                 name,
                 file: Box::new(file),
@@ -290,7 +334,7 @@ fn run(job: Job, stop: &AtomicBool) -> Option<DiskDone> {
             len,
             key,
         } => {
-            super::cached::warm(&file, offset, len, &mut Vec::new());
+            super::cached::warm(&file, offset, len, scratch);
             Some(DiskDone::Warmed { key })
         }
         Job::Writeback { file, offset, len } => {
@@ -302,18 +346,29 @@ fn run(job: Job, stop: &AtomicBool) -> Option<DiskDone> {
 }
 
 /// The pieces `file` records as verified whose bytes still match `hashes`; the others are
-/// recorded as not verified, so they are fetched again.
-fn check_claims(file: &mut PartialFile, hashes: &[Hash]) -> Result<Vec<bool>, StorageError> {
+/// recorded as not verified, so they are fetched again. None once `stop` is set.
+fn check_claims(
+    file: &mut PartialFile,
+    hashes: &[Hash],
+    stop: &AtomicBool,
+) -> Option<Result<Vec<bool>, StorageError>> {
     let layout = file.layout();
     let claimed = file.claimed_done();
     let mut checked = vec![false; claimed.len()];
     let mut scratch = Vec::new();
     for (piece, _) in claimed.iter().enumerate().filter(|(_, &c)| c) {
+        if stop.load(Ordering::Relaxed) {
+            return None;
+        }
         let (Ok(index), Some(want)) = (u32::try_from(piece), hashes.get(piece)) else {
             continue;
         };
         let len = layout.piece_len(index);
-        let hash = super::hash_stored_piece(&*file, layout.piece_offset(index), len, &mut scratch)?;
+        let hash =
+            match super::hash_stored_piece(&*file, layout.piece_offset(index), len, &mut scratch) {
+                Ok(hash) => hash,
+                Err(e) => return Some(Err(e)),
+            };
         if hash == *want {
             checked[piece] = true;
         } else {
@@ -321,10 +376,12 @@ fn check_claims(file: &mut PartialFile, hashes: &[Hash]) -> Result<Vec<bool>, St
                 "{}: piece {index} left by an earlier run fails its hash; fetching it again",
                 file.name()
             );
-            file.mark_bad(index)?;
+            if let Err(e) = file.mark_bad(index) {
+                return Some(Err(e));
+            }
         }
     }
-    Ok(checked)
+    Some(Ok(checked))
 }
 
 /// Asks the kernel to start writing back a range of `file` without waiting for it.

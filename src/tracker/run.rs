@@ -62,6 +62,11 @@ pub fn bind_with_reactor(
     let reactor_config = reactor::Config {
         // A congested conn (above OUTPUT_BOUND) is then above low water, so its drain comes.
         write_low_water: reactor_config.write_low_water.min(OUTPUT_BOUND),
+        // Room for one whole frame of the largest kind a node may send us, no more: a
+        // connection trickling a huge frame cannot make us hold a data-sized buffer.
+        read_buf_cap: reactor_config
+            .read_buf_cap
+            .min(wire::HEADER_LEN + MAX_TRACKER_PAYLOAD + wire::TRAILER_LEN),
         ..reactor_config
     };
     let mut reactor = Reactor::new(reactor_config)?;

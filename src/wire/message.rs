@@ -1,5 +1,6 @@
 //! Every message shoal sends, as checked values borrowing from the frame they came in.
 
+use std::fmt;
 use std::net::SocketAddr;
 
 use super::{frame::kind, WireError, MAX_NAME_LEN, MAX_PIECE_SIZE, MIN_PIECE_SIZE};
@@ -286,4 +287,22 @@ pub fn check_name(name: &str) -> Result<(), WireError> {
         }
     }
     Ok(())
+}
+
+/// A name (or any text a peer sent) as it may be logged: control characters (which could forge log lines or
+/// move the terminal's cursor) are escaped as Rust writes them, everything else kept.
+#[derive(Clone, Copy, Debug)]
+pub struct Escaped<'a>(pub &'a str);
+
+impl fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for c in self.0.chars() {
+            if c.is_control() {
+                write!(f, "{}", c.escape_debug())?;
+            } else {
+                write!(f, "{c}")?;
+            }
+        }
+        Ok(())
+    }
 }

@@ -107,7 +107,7 @@ impl Node {
                 self.with_download(ctx, &name, |dl, io| dl.on_owners(now, &list.owners, io));
             }
             Message::Error { code, reason } => {
-                log::warn!("tracker refused: {reason} ({code:?})");
+                log::warn!("tracker refused: {} ({code:?})", esc(reason));
             }
             Message::KeepAlive => {}
             other => log::debug!("tracker sent unexpected message type {}", other.type_code()),

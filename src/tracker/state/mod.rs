@@ -259,6 +259,7 @@ impl TrackerState {
             }
             (Message::NodeToTracker(req), Some(node)) => self.request(now, session, node, req, out),
             (Message::Error { code, reason }, _) => {
+                let reason = crate::wire::Escaped(reason);
                 log::info!("session {session} reports {code:?}: {reason}");
             }
             (other, _) => {

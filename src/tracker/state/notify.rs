@@ -8,6 +8,7 @@
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::time::Instant;
 
 use super::{refuse, NodeEntry, Outbox, OwnerEntry, SessionId, TrackerState};
@@ -197,6 +198,10 @@ impl TrackerState {
 }
 
 /// Sends the owner list, complete owners first, capped at `MAX_OWNERS_PER_REPLY`.
+///
+/// A list longer than a reply is cut fairly: each host's first entry comes before any
+/// host's second, and so on, so hosts holding many entries cannot fill every reply and
+/// keep an owner elsewhere from ever being listed.
 pub(super) fn send_owners(
     out: &mut dyn Outbox,
     to: SessionId,
@@ -204,7 +209,7 @@ pub(super) fn send_owners(
     owners: &[OwnerEntry],
     nodes: &HashMap<String, NodeEntry>,
 ) {
-    let listed = owners
+    let mut listed: Vec<Owner<'_>> = owners
         .iter()
         .filter(|o| o.complete)
         .chain(owners.iter().filter(|o| !o.complete))
@@ -217,8 +222,25 @@ pub(super) fn send_owners(
                 complete: o.complete,
             })
         })
-        .take(MAX_OWNERS_PER_REPLY)
         .collect();
+    if listed.len() > MAX_OWNERS_PER_REPLY {
+        let mut per_host: HashMap<IpAddr, usize> = HashMap::new();
+        let mut ranked: Vec<(usize, Owner<'_>)> = listed
+            .into_iter()
+            .map(|o| {
+                let seen = per_host.entry(o.addr.ip()).or_default();
+                *seen += 1;
+                (*seen, o)
+            })
+            .collect();
+        // Stable: at one rank, complete owners still come first.
+        ranked.sort_by_key(|(rank, _)| *rank);
+        listed = ranked
+            .into_iter()
+            .take(MAX_OWNERS_PER_REPLY)
+            .map(|(_, o)| o)
+            .collect();
+    }
     out.send(
         to,
         &Message::TrackerToNode(TrackerToNode {

@@ -608,3 +608,41 @@ fn a_connection_without_hello_is_closed_whatever_else_it_sends() {
     assert_eq!(out.closed, vec![1], "session 2 said hello and stays");
     assert_eq!(out.errors, vec![(1, "no hello in time".to_owned())]);
 }
+
+#[test]
+fn hosts_filling_a_reply_cannot_keep_an_owner_elsewhere_out_of_it() {
+    let now = Instant::now();
+    let mut t = TrackerState::new(TrackerLimits::default());
+    let mut out = Sent::default();
+    // Four hosts, each at its cap of complete entries: more than one reply holds.
+    let per_host = TrackerLimits::default().max_owners_per_host;
+    let mut session = 1;
+    for host in 0..4u8 {
+        let ip = IpAddr::V4(Ipv4Addr::new(10, 1, 0, host));
+        for n in 0..per_host {
+            let name = format!("fake-{host}-{n}");
+            hello_as(&mut t, now, session, ip, &name, secret_of(&name), &mut out);
+            have(&mut t, now, session, "f", 0, &mut out);
+            session += 1;
+        }
+    }
+    hello_as(
+        &mut t,
+        now,
+        session,
+        OTHER_IP,
+        "honest",
+        secret_of("honest"),
+        &mut out,
+    );
+    have(&mut t, now, session, "f", 7, &mut out);
+    assert!(out.errors.is_empty(), "{:?}", out.errors.first());
+    join(&mut t, now, session + 1, "asker", 4001, &mut out);
+    need(&mut t, now, session + 1, "f", &mut out);
+    let (_, _, listed) = out.lists.last().expect("a reply");
+    assert_eq!(listed.len(), crate::wire::MAX_OWNERS_PER_REPLY);
+    assert!(
+        listed.iter().any(|(name, _, _)| name == "honest"),
+        "the owner on another host is listed"
+    );
+}
