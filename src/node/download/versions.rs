@@ -136,16 +136,17 @@ impl<S: PartStore> Download<S> {
             let mut roots: Vec<RootHash> = self.listed.iter().map(|o| o.info.root).collect();
             roots.sort();
             roots.dedup();
-            if roots.len() > 1 {
+            if roots.len() > 1 && self.abandoned.is_empty() {
+                // Anyone can announce a root with a given prefix, so refusing here would let
+                // them deny the pinned file: every match is tried in turn like any version,
+                // and only one whose hashes hold is ever taken.
                 let names: Vec<String> = roots.iter().map(|r| crate::node::text::hex(r)).collect();
-                let reason = format!(
-                    "root prefix {} of {} is ambiguous: it matches {}; give more digits",
-                    pin.as_str(),
+                log::warn!(
+                    "{}: root prefix {} matches {}; trying them in turn (a full root avoids this)",
                     self.name,
+                    pin.as_str(),
                     names.join(" and ")
                 );
-                self.fail(io, reason);
-                return false;
             }
         }
         let ranked = self.ranked_versions();
