@@ -46,6 +46,13 @@ pub trait PartStore: PieceStore {
     fn mark_bad(&mut self, piece: u32) -> Result<(), StorageError>;
     /// Makes the marks so far survive a crash (called about every quarter second).
     fn save_marks(&mut self) -> Result<(), StorageError>;
+    /// Removes what was stored (a version given up before any piece of it was verified).
+    fn discard(self) -> Result<(), StorageError>
+    where
+        Self: Sized,
+    {
+        Ok(())
+    }
 }
 
 impl PartStore for storage::PartialFile {
@@ -57,6 +64,9 @@ impl PartStore for storage::PartialFile {
     }
     fn save_marks(&mut self) -> Result<(), StorageError> {
         storage::PartialFile::save_marks(self)
+    }
+    fn discard(self) -> Result<(), StorageError> {
+        storage::PartialFile::discard(self)
     }
 }
 
@@ -397,7 +407,7 @@ impl<S: PartStore> Download<S> {
             return;
         }
         self.remember_owners(owners);
-        if self.info.is_none() && !self.choose_version(now, io) {
+        if self.info.is_none() && !self.choose_version(now) {
             return;
         }
         self.add_candidates(now, io);

@@ -24,6 +24,8 @@ enum Acts {
     Trickles,
     /// Answers hashes, then sends unasked-for blocks every second instead of the ones asked.
     Unasked,
+    /// Publishes hashes that hold, then sends blocks that do not match them.
+    Corrupt,
 }
 
 struct Owner_ {
@@ -277,15 +279,19 @@ fn answer(
                 );
             }
         }
-        (Message::Request(r), _) => {
+        (Message::Request(r), acts) => {
             let at = r.piece as usize * PIECE as usize + r.offset as usize;
+            let mut data = o.file[at..at + r.len as usize].to_vec();
+            if acts == Acts::Corrupt {
+                data.iter_mut().for_each(|b| *b ^= 0x5a);
+            }
             reply(
                 ms,
                 &Message::FileCommunication(Block {
                     root: r.root,
                     piece: r.piece,
                     offset: r.offset,
-                    data: &o.file[at..at + r.len as usize],
+                    data: &data,
                 }),
             );
         }
@@ -477,6 +483,32 @@ fn many_names_from_one_host_do_not_outvote_owners_on_other_hosts() {
     assert!(
         out.contacted.iter().all(|a| a.ip() != owners[0].addr.ip()),
         "{:?}",
+        out.contacted
+    );
+}
+
+#[test]
+fn a_version_whose_hashes_hold_but_whose_pieces_never_do_is_given_up() {
+    let real = file(3 * PIECE as usize, 7);
+    let bait = file(3 * PIECE as usize, 8);
+    let (info, bait_info) = (info_of(&real), info_of(&bait));
+    let on = |ip: [u8; 4], mut o: Owner_| {
+        o.addr = SocketAddr::from((ip, o.addr.port()));
+        o
+    };
+    // The bait is held on more hosts, so it is tried first; its hashes hold, its blocks lie.
+    let owners = [
+        on([10, 5, 0, 1], owner(1, bait_info, &bait, Acts::Corrupt)),
+        on([10, 5, 0, 2], owner(2, bait_info, &bait, Acts::Corrupt)),
+        on([10, 0, 0, 1], owner(3, info, &real, Acts::Honest)),
+    ];
+    let out = run(download(), &owners, Duration::from_secs(120));
+    assert_eq!(out.end, Some(Notice::Complete));
+    assert_eq!(out.bytes, real);
+    let bait_hosts = [owners[0].addr, owners[1].addr];
+    assert!(
+        out.contacted[..2].iter().all(|a| bait_hosts.contains(a)),
+        "the bait was tried first: {:?}",
         out.contacted
     );
 }

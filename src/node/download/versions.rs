@@ -131,7 +131,7 @@ impl<S: PartStore> Download<S> {
     }
 
     /// Chooses the best version not yet abandoned; false if there is none (yet).
-    pub(super) fn choose_version(&mut self, now: Instant, io: &mut dyn PeerIo) -> bool {
+    pub(super) fn choose_version(&mut self, now: Instant) -> bool {
         if let Some(pin) = &self.pin {
             let mut roots: Vec<RootHash> = self.listed.iter().map(|o| o.info.root).collect();
             roots.sort();
@@ -180,10 +180,20 @@ impl<S: PartStore> Download<S> {
         true
     }
 
-    /// Before any piece is stored, a version nobody serves is given up for the next one,
-    /// if there is a next one (with one version, the usual timeouts and retries apply).
+    /// Until a piece of it is verified, a version nobody serves is given up for the next
+    /// one, if there is a next one (with one version, the usual timeouts and retries
+    /// apply). Past the hashes, while no piece is verified, it is given up once every
+    /// owner of it failed or was banned: a publisher whose hashes hold may still never
+    /// deliver a piece that matches them.
     pub(super) fn check_version(&mut self, now: Instant, io: &mut dyn PeerIo) {
-        if self.phase != Phase::Hashes {
+        let nothing_verified =
+            self.kept_bytes == 0 && self.picker.as_ref().is_none_or(|p| p.have().count() == 0);
+        let early = match self.phase {
+            Phase::Hashes => true,
+            Phase::Pieces => nothing_verified,
+            _ => false,
+        };
+        if !early {
             return;
         }
         let Some(info) = self.info else { return };
@@ -194,7 +204,9 @@ impl<S: PartStore> Download<S> {
         let patience = self.config.connect_timeout + self.config.first_byte_timeout;
         let why = if all_failed {
             "every owner of it failed or was banned".to_owned()
-        } else if now.saturating_duration_since(self.version_progress) > patience {
+        } else if self.phase == Phase::Hashes
+            && now.saturating_duration_since(self.version_progress) > patience
+        {
             format!(
                 "no owner answered with its layout and hashes for {:.0} s",
                 patience.as_secs_f64()
@@ -216,6 +228,14 @@ impl<S: PartStore> Download<S> {
         for (&slot, _) in std::mem::take(&mut self.peers).iter() {
             io.disconnect(slot);
         }
+        // Nothing of it was verified: its temporary file holds nothing worth a resume.
+        if let Some(store) = self.store.take() {
+            if let Err(e) = store.discard() {
+                log::warn!("{}: {e}", self.name);
+            }
+        }
+        self.picker = None;
+        self.asked_at.clear();
         self.candidates.clear();
         self.hashes.clear();
         self.hashes_got.clear();
@@ -223,7 +243,7 @@ impl<S: PartStore> Download<S> {
         self.hash_asked.clear();
         self.info = None;
         self.phase = Phase::Owners;
-        if self.choose_version(now, io) {
+        if self.choose_version(now) {
             self.add_candidates(now, io);
         }
     }
