@@ -58,6 +58,8 @@ pub struct Peer {
     pub delivered: u64,
     /// Slow-start allowance: starts small, grows by every byte delivered (doubling per round trip).
     ramp: u64,
+    /// Bytes of requests we cancelled: blocks it may still send us unasked, in good faith.
+    pub excused_bytes: u64,
 }
 
 /// Fewest bytes kept requested from a measured owner.
@@ -86,6 +88,7 @@ impl Peer {
             sampled_at: now,
             delivered: 0,
             ramp: INITIAL_WINDOW,
+            excused_bytes: 0,
         }
     }
 

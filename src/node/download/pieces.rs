@@ -94,8 +94,14 @@ impl<S: PartStore> Download<S> {
             .iter()
             .position(|r| r.piece == piece && r.offset == offset && r.len == len)
         else {
-            // Cancelled or never asked: a late answer after a cancel is normal in the endgame.
+            // A late answer to a cancel is normal in the endgame; past what we cancelled,
+            // blocks nobody asked for only cost us bandwidth: the sender goes.
             self.refetched_bytes += u64::from(len);
+            if peer.excused_bytes >= u64::from(len) {
+                peer.excused_bytes -= u64::from(len);
+            } else {
+                self.lose_peer(now, slot, Some("sent blocks it was not asked for"), io);
+            }
             return;
         };
         // Only a block we asked for moves the give-up clock; anything else is dropped unwritten.
@@ -211,6 +217,7 @@ impl<S: PartStore> Download<S> {
             }
             for r in peer.requests.iter().filter(|r| r.piece == piece) {
                 io.send(other, &Message::Cancel(request_of(info.root, r)));
+                peer.excused_bytes += u64::from(r.len);
             }
             peer.forget_piece(piece);
             picker.release(piece);
