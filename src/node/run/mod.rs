@@ -22,7 +22,7 @@ use super::serve::{serve_block, FileView, Library, ServeConn, ServeOutcome, Serv
 use super::text::{esc, hex, say, say_err};
 use crate::reactor::{CloseReason, ConnId, Ctx, Handler, ListenerId, Reactor, Stopper};
 use crate::storage::{self, DiskDone, DiskWorker, Folder, Hash, Layout, PartialFile, SharedFile};
-use crate::tracker::short_hex;
+use crate::wire::short_hex;
 use crate::wire::{
     self, Decoded, ErrorCode, FileInfo, Limits, Message, NodeSecret, NodeToTracker, RootHash,
 };
