@@ -99,6 +99,8 @@ struct Net {
     said: Vec<Vec<String>>,
     /// Bytes each endpoint's uplink sent.
     sent: Vec<u64>,
+    /// When each endpoint said it downloaded something (its last such line).
+    done_at: Vec<Option<Instant>>,
     stopped: Vec<bool>,
 }
 
@@ -309,6 +311,9 @@ impl NodeIo for Io<'_> {
     fn disk_writeback(&mut self, _file: &mut PartialFile) {}
 
     fn say(&mut self, line: &str) {
+        if line.starts_with("downloaded ") {
+            self.net.done_at[self.ep] = Some(self.net.now);
+        }
         self.net.said[self.ep].push(line.to_owned());
     }
 
@@ -345,6 +350,7 @@ struct Spec {
 
 /// The tracker (endpoint 0), the nodes (1..), and the network between them.
 struct Swarm {
+    start: Instant,
     net: Net,
     tracker: TrackerState,
     nodes: Vec<Node>,
@@ -370,6 +376,7 @@ impl Swarm {
             seq: 0,
             said: vec![Vec::new(); count],
             sent: vec![0; count],
+            done_at: vec![None; count],
             stopped: vec![false; count],
         };
         let mut nodes = Vec::new();
@@ -396,6 +403,7 @@ impl Swarm {
             dirs.push(dir);
         }
         let mut swarm = Swarm {
+            start: now,
             net,
             tracker: TrackerState::new(TrackerLimits::default()),
             nodes,
@@ -414,6 +422,25 @@ impl Swarm {
 
     fn node_dir(&self, ep: usize) -> &Path {
         self.dirs[ep - 1].path()
+    }
+
+    /// Simulated seconds from the start to when `ep` said it downloaded its file.
+    fn took(&self, ep: usize) -> Option<f64> {
+        let at = self.net.done_at[ep]?;
+        Some(at.saturating_duration_since(self.start).as_secs_f64())
+    }
+
+    /// Cuts `ep` off: its machine hears nothing more and every peer sees its connections reset.
+    fn kill(&mut self, ep: usize) {
+        self.net.stopped[ep] = true;
+        let links: Vec<(usize, usize)> = self.net.conns[ep].values().copied().collect();
+        for (link, side) in links {
+            self.net.links[link].ends[side].ended = true;
+            self.net.links[link].ends[side].out.clear();
+            let kind = std::io::ErrorKind::ConnectionReset;
+            let peer = 1 - side;
+            self.end_conn(link, peer, CloseReason::Error(kind));
+        }
     }
 
     fn pump_all(&mut self) {
@@ -546,6 +573,12 @@ impl Swarm {
         match event {
             Event::Accept(link) => {
                 let ep = self.net.links[link].ends[1].ep;
+                if self.net.stopped[ep] {
+                    self.net.links[link].ends[1].ended = true;
+                    let kind = std::io::ErrorKind::ConnectionRefused;
+                    self.end_conn(link, 0, CloseReason::ConnectFailed(kind));
+                    return;
+                }
                 let conn = self.net.new_conn(ep, link, 1);
                 let from = self.net.links[link].ends[0].ep;
                 let peer = self
@@ -613,6 +646,9 @@ impl Swarm {
             Event::Redeliver(link, side) => self.deliver(link, side),
             Event::UplinkFree(ep) => self.net.uplink_busy[ep] = false,
             Event::Disk(ep, done) => {
+                if self.net.stopped[ep] {
+                    return;
+                }
                 let mut io = Io {
                     net: &mut self.net,
                     ep,
@@ -715,4 +751,155 @@ fn an_owner_and_a_downloader_end_with_identical_bytes() {
     assert!(got == file, "bob's copy differs from alice's file");
     assert_eq!(swarm.nodes[1].report().completed, 1);
     assert!(swarm.net.said[1][0].starts_with("sharing f.bin"));
+}
+
+fn node(name: &'static str, access: Access) -> Spec {
+    Spec {
+        name,
+        access,
+        shares: vec![],
+        downloads: vec![],
+        piece_size: 256 << 10,
+    }
+}
+
+fn owner(name: &'static str, access: Access, file: &[u8]) -> Spec {
+    Spec {
+        shares: vec![("f.bin", file.to_vec())],
+        ..node(name, access)
+    }
+}
+
+fn downloader(name: &'static str, access: Access) -> Spec {
+    Spec {
+        downloads: vec!["f.bin"],
+        ..node(name, access)
+    }
+}
+
+/// Asserts node `ep` holds exactly `file` as f.bin.
+fn assert_same(swarm: &Swarm, ep: usize, file: &[u8]) {
+    assert_eq!(
+        failed(swarm, ep),
+        None,
+        "node {ep}: {:?}",
+        swarm.net.said[ep]
+    );
+    let got = std::fs::read(swarm.node_dir(ep).join("f.bin")).expect("a downloaded copy");
+    assert!(
+        got == file,
+        "node {ep}'s copy differs from the owner's file"
+    );
+}
+
+#[test]
+fn two_downloaders_of_one_slow_seed_fetch_from_each_other() {
+    let file = file_bytes(8 << 20, 2);
+    let specs = vec![
+        owner("alice", access(10.0, 100.0, 5), &file),
+        downloader("bob", access(10.0, 100.0, 5)),
+        downloader("carol", access(10.0, 100.0, 5)),
+    ];
+    let mut swarm = Swarm::new(access(100.0, 100.0, 1), specs);
+    let done = swarm.run_until(Duration::from_secs(120), |s| {
+        (2..=3).all(|ep| downloaded(s, ep, "f.bin") || failed(s, ep).is_some())
+    });
+    assert!(
+        done,
+        "no result within 120 simulated seconds: {:?}",
+        swarm.net.said
+    );
+    assert_same(&swarm, 2, &file);
+    assert_same(&swarm, 3, &file);
+    // Each partial owner served the other whole pieces the seed did not have to send twice.
+    let piece = 256 << 10;
+    assert!(
+        swarm.net.sent[2] > piece,
+        "bob sent {} bytes",
+        swarm.net.sent[2]
+    );
+    assert!(
+        swarm.net.sent[3] > piece,
+        "carol sent {} bytes",
+        swarm.net.sent[3]
+    );
+    assert!(
+        swarm.net.sent[1] < 2 * file.len() as u64,
+        "the seed sent {} bytes: everything twice",
+        swarm.net.sent[1]
+    );
+    eprintln!(
+        "seed 10 MiB/s, 8 MiB to two downloaders: bob {:.2} s, carol {:.2} s (F/R = 0.80 s); sent: seed {}, bob {}, carol {}",
+        swarm.took(2).unwrap_or(f64::NAN),
+        swarm.took(3).unwrap_or(f64::NAN),
+        swarm.net.sent[1],
+        swarm.net.sent[2],
+        swarm.net.sent[3]
+    );
+}
+
+#[test]
+fn an_owner_that_vanishes_mid_download_leaves_the_rest_to_the_other() {
+    let file = file_bytes((6 << 20) + 777, 3);
+    let specs = vec![
+        owner("alice", access(10.0, 100.0, 5), &file),
+        owner("dave", access(10.0, 100.0, 20), &file),
+        downloader("bob", access(10.0, 100.0, 5)),
+    ];
+    let mut swarm = Swarm::new(access(100.0, 100.0, 1), specs);
+    let third = file.len() as u64 / 3;
+    let cut = swarm.run_until(Duration::from_secs(60), |s| s.net.sent[1] > third);
+    assert!(
+        cut,
+        "alice never sent a third of the file: {:?}",
+        swarm.net.said
+    );
+    swarm.kill(1);
+    let done = swarm.run_until(Duration::from_secs(120), |s| {
+        downloaded(s, 3, "f.bin") || failed(s, 3).is_some()
+    });
+    assert!(
+        done,
+        "no result within 120 simulated seconds: {:?}",
+        swarm.net.said
+    );
+    assert_same(&swarm, 3, &file);
+    assert!(
+        swarm.net.sent[2] > third,
+        "dave sent {} bytes",
+        swarm.net.sent[2]
+    );
+}
+
+#[test]
+fn completion_time_follows_file_size_over_the_owners_upload_rates() {
+    let file = file_bytes(16 << 20, 4);
+    let names = ["o1", "o2", "o3", "o4"];
+    let rate = 8.0;
+    for owners in [1usize, 2, 4] {
+        let mut specs: Vec<Spec> = names[..owners]
+            .iter()
+            .map(|&name| owner(name, access(rate, 100.0, 10), &file))
+            .collect();
+        specs.push(downloader("dl", access(10.0, 400.0, 10)));
+        let mut swarm = Swarm::new(access(100.0, 100.0, 1), specs);
+        let ep = owners + 1;
+        let done = swarm.run_until(Duration::from_secs(300), |s| {
+            downloaded(s, ep, "f.bin") || failed(s, ep).is_some()
+        });
+        assert!(done, "{owners} owners: no result: {:?}", swarm.net.said);
+        assert_same(&swarm, ep, &file);
+        let took = swarm.took(ep).expect("a completion time");
+        let ideal = file.len() as f64 / (owners as f64 * rate * f64::from(1 << 20));
+        eprintln!(
+            "{owners} owner(s) at {rate} MiB/s up, 16 MiB: {took:.3} s simulated, F/(N*R) = {ideal:.3} s, ratio {:.2}",
+            took / ideal
+        );
+        // No faster than the links allow; every owner's uplink pulls its weight.
+        assert!(took >= ideal, "{took} s beats the links' {ideal} s");
+        assert!(
+            took < 2.0 * ideal + 1.0,
+            "{owners} owners: {took:.3} s against an ideal of {ideal:.3} s"
+        );
+    }
 }
