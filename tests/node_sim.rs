@@ -15,6 +15,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use shoal::node::download::Progress;
 use shoal::node::machine::{CloseReason, ConnId, Node, NodeIo};
 use shoal::node::NodeConfig;
 use shoal::storage::{self, DiskDone, Folder, Hash, PartialFile, SharedFile};
@@ -320,6 +321,10 @@ impl NodeIo for Io<'_> {
     fn say_err(&mut self, line: &str) {
         self.net.said[self.ep].push(line.to_owned());
     }
+
+    fn progress(&mut self, _name: &str, _progress: &Progress) {}
+
+    fn progress_end(&mut self, _name: &str, _done: bool) {}
 }
 
 impl Outbox for Io<'_> {

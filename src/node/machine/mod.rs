@@ -27,7 +27,7 @@ use super::command::{self, Command};
 use super::config::NodeConfig;
 use super::download::{split_pin, Download, Notice, PeerIo, Phase, Progress, RootPin};
 use super::peer::SlotId;
-use super::progress::ProgressView;
+use super::progress::ShownRate;
 use super::rate::TokenBucket;
 use super::serve::{serve_block, FileView, Library, ServeConn, ServeOutcome, Served};
 use super::text::{esc, hex};
@@ -87,6 +87,10 @@ pub trait NodeIo {
     fn say(&mut self, line: &str);
     /// One failure line for the user (standard error).
     fn say_err(&mut self, line: &str);
+    /// Where the download of `name` stands (its rate smoothed), for a bar or a log line.
+    fn progress(&mut self, name: &str, progress: &Progress);
+    /// The download of `name` ended (`done`: complete); its display goes.
+    fn progress_end(&mut self, name: &str, done: bool);
 }
 
 /// How a node's run ended.
@@ -140,7 +144,8 @@ struct Transfer {
     slots: HashMap<SlotId, ConnId>,
     started: Instant,
     announced: bool,
-    view: ProgressView,
+    /// The rate `status` and the progress display show.
+    shown: ShownRate,
     next_draw: Instant,
     /// The disk thread is re-hashing the pieces an earlier run left.
     checking: bool,
@@ -447,14 +452,15 @@ impl Node {
             let reason = format!("no owner list from the tracker at {}", self.config.tracker);
             self.with_download(io, &name, |dl, io| dl.abort(reason, io));
         }
-        for t in self
+        for (name, t) in self
             .downloads
-            .values_mut()
-            .filter(|t| !t.dl.is_over() && t.next_draw <= now)
+            .iter_mut()
+            .filter(|(_, t)| !t.dl.is_over() && t.next_draw <= now)
         {
             t.next_draw = now + PROGRESS_EVERY;
             let progress = t.progress();
-            t.view.update(now, &progress);
+            t.shown.update(now, &progress);
+            io.progress(name, &t.shown.smoothed(progress));
         }
         if self.bucket.is_some() {
             self.pump_all(io);
@@ -534,7 +540,7 @@ impl Node {
             ));
         }
         for (name, t) in &self.downloads {
-            let shown = t.view.smoothed(t.progress());
+            let shown = t.shown.smoothed(t.progress());
             lines.push(format!("  {}", super::progress::status_line(name, &shown)));
         }
         if self.hashing.is_empty() && self.shared.is_empty() && self.downloads.is_empty() {

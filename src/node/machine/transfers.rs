@@ -90,7 +90,7 @@ impl Node {
             slots: HashMap::new(),
             started: now,
             announced: false,
-            view: ProgressView::new(name, self.config.progress, now),
+            shown: ShownRate::default(),
             next_draw: now,
             checking: false,
         };
@@ -282,8 +282,9 @@ impl Node {
         }
         transfer.dl.finished();
         let progress = transfer.progress();
-        transfer.view.update(now, &progress);
-        transfer.view.finish(true);
+        transfer.shown.update(now, &progress);
+        io.progress(file, &transfer.shown.smoothed(progress));
+        io.progress_end(file, true);
         let hashes = transfer.dl.hashes_owned();
         let (fetched, kept) = (transfer.dl.fetched_bytes(), transfer.dl.kept_bytes());
         let sources: Vec<String> = transfer
@@ -317,7 +318,7 @@ impl Node {
         let Some(transfer) = self.downloads.get_mut(file) else {
             return;
         };
-        transfer.view.finish(false);
+        io.progress_end(file, false);
         let announced = transfer.announced;
         let info = transfer.dl.info();
         drop(transfer.dl.take_store());

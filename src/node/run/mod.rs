@@ -8,8 +8,12 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Instant;
 
+use std::collections::HashMap;
+
 use super::config::NodeConfig;
+use super::download::Progress;
 use super::machine::{Node, NodeIo};
+use super::progress::ProgressView;
 use super::text::{say, say_err};
 use crate::reactor::{CloseReason, ConnId, Ctx, Handler, ListenerId, Reactor, Stopper};
 use crate::storage::{DiskWorker, Folder, Hash, PartialFile, SharedFile};
@@ -45,10 +49,15 @@ pub fn bind(config: NodeConfig) -> io::Result<NodeServer> {
     // fsyncs and hashing run there, so a slow disk never stalls the network.
     let disk = DiskWorker::start(move || waker.wake())?;
     let now = reactor.ctx().now();
+    let progress = config.progress;
     let node = Node::new(config, folder, secret, addr.port(), now);
     let runner = Runner {
         node,
-        disk,
+        out: Outs {
+            disk,
+            views: HashMap::new(),
+            progress,
+        },
         wake_at: None,
         stopper: reactor.stopper(),
     };
@@ -77,15 +86,15 @@ impl NodeServer {
         let now = ctx.now();
         runner
             .node
-            .handle_start(now, &mut Driver::new(ctx, &mut runner.disk));
+            .handle_start(now, &mut Driver::new(ctx, &mut runner.out));
         runner.schedule(ctx);
         let ran = self.reactor.run(runner);
         // A download whose rename was queued when the node stopped still ends (and is reported).
         let runner = &mut self.runner;
-        for done in runner.disk.drain() {
+        for done in runner.out.disk.drain() {
             let ctx = self.reactor.ctx();
             let now = ctx.now();
-            let mut io = Driver::new(ctx, &mut runner.disk);
+            let mut io = Driver::new(ctx, &mut runner.out);
             runner.node.handle_disk(now, done, &mut io);
         }
         ran?;
@@ -96,8 +105,7 @@ impl NodeServer {
 /// The machine and what drives it besides the reactor.
 struct Runner {
     node: Node,
-    /// The thread for fsync + rename and hashing.
-    disk: DiskWorker,
+    out: Outs,
     wake_at: Option<Instant>,
     stopper: Stopper,
 }
@@ -105,7 +113,7 @@ struct Runner {
 impl Runner {
     /// Sets the reactor timer to the earliest deadline the machine asked for.
     fn schedule(&mut self, ctx: &mut Ctx) {
-        let io = Driver::new(ctx, &mut self.disk);
+        let io = Driver::new(ctx, &mut self.out);
         if let Some(at) = self.node.poll_timeout(&io) {
             if self.wake_at.is_none_or(|w| at < w) {
                 self.wake_at = Some(at);
@@ -115,15 +123,25 @@ impl Runner {
     }
 }
 
-/// The machine's outputs applied to the reactor, the disk thread and standard output.
+/// Where the machine's outputs go besides the reactor.
+struct Outs {
+    /// The thread for fsync + rename and hashing.
+    disk: DiskWorker,
+    /// Each running download's bar or log line.
+    views: HashMap<String, ProgressView>,
+    /// Whether progress is shown at all.
+    progress: bool,
+}
+
+/// The machine's outputs applied to the reactor, the disk thread and the terminal.
 struct Driver<'a> {
     ctx: &'a mut Ctx,
-    disk: &'a mut DiskWorker,
+    out: &'a mut Outs,
 }
 
 impl<'a> Driver<'a> {
-    fn new(ctx: &'a mut Ctx, disk: &'a mut DiskWorker) -> Self {
-        Driver { ctx, disk }
+    fn new(ctx: &'a mut Ctx, out: &'a mut Outs) -> Self {
+        Driver { ctx, out }
     }
 }
 
@@ -150,25 +168,39 @@ impl NodeIo for Driver<'_> {
         self.ctx.stop()
     }
     fn disk_hash(&mut self, folder: &Folder, file: SharedFile, piece_size: u32) {
-        self.disk.hash(folder, file, piece_size)
+        self.out.disk.hash(folder, file, piece_size)
     }
     fn disk_warm(&mut self, file: &SharedFile, offset: u64, len: u64, key: u64) -> bool {
-        self.disk.warm(file, offset, len, key)
+        self.out.disk.warm(file, offset, len, key)
     }
     fn disk_check(&mut self, file: PartialFile, hashes: Vec<Hash>) {
-        self.disk.check(file, hashes)
+        self.out.disk.check(file, hashes)
     }
     fn disk_finish(&mut self, file: PartialFile) {
-        self.disk.finish(file)
+        self.out.disk.finish(file)
     }
     fn disk_writeback(&mut self, file: &mut PartialFile) {
-        file.start_writeback_with(self.disk)
+        file.start_writeback_with(&self.out.disk)
     }
     fn say(&mut self, line: &str) {
         say!("{line}")
     }
     fn say_err(&mut self, line: &str) {
         say_err!("{line}")
+    }
+    fn progress(&mut self, name: &str, progress: &Progress) {
+        let now = self.ctx.now();
+        let enabled = self.out.progress;
+        self.out
+            .views
+            .entry(name.to_owned())
+            .or_insert_with(|| ProgressView::new(name, enabled, now))
+            .show(now, progress);
+    }
+    fn progress_end(&mut self, name: &str, done: bool) {
+        if let Some(mut view) = self.out.views.remove(name) {
+            view.finish(done);
+        }
     }
 }
 
@@ -180,7 +212,7 @@ impl Handler for Runner {
     fn on_connect(&mut self, ctx: &mut Ctx, conn: ConnId) {
         let now = ctx.now();
         self.node
-            .handle_connected(now, conn, &mut Driver::new(ctx, &mut self.disk));
+            .handle_connected(now, conn, &mut Driver::new(ctx, &mut self.out));
         self.schedule(ctx);
     }
 
@@ -188,7 +220,7 @@ impl Handler for Runner {
         let now = ctx.now();
         let used = self
             .node
-            .handle_data(now, conn, input, &mut Driver::new(ctx, &mut self.disk));
+            .handle_data(now, conn, input, &mut Driver::new(ctx, &mut self.out));
         self.schedule(ctx);
         used
     }
@@ -196,14 +228,14 @@ impl Handler for Runner {
     fn on_drain(&mut self, ctx: &mut Ctx, conn: ConnId) {
         let now = ctx.now();
         self.node
-            .handle_drain(now, conn, &mut Driver::new(ctx, &mut self.disk));
+            .handle_drain(now, conn, &mut Driver::new(ctx, &mut self.out));
         self.schedule(ctx);
     }
 
     fn on_close(&mut self, ctx: &mut Ctx, conn: ConnId, reason: CloseReason) {
         let now = ctx.now();
         self.node
-            .handle_closed(now, conn, reason, &mut Driver::new(ctx, &mut self.disk));
+            .handle_closed(now, conn, reason, &mut Driver::new(ctx, &mut self.out));
         self.schedule(ctx);
     }
 
@@ -212,7 +244,7 @@ impl Handler for Runner {
             self.wake_at = None;
             let now = ctx.now();
             self.node
-                .handle_timeout(now, &mut Driver::new(ctx, &mut self.disk));
+                .handle_timeout(now, &mut Driver::new(ctx, &mut self.out));
         }
         self.schedule(ctx);
     }
@@ -220,7 +252,7 @@ impl Handler for Runner {
     fn on_stdin_line(&mut self, ctx: &mut Ctx, line: &str) {
         let now = ctx.now();
         self.node
-            .handle_line(now, line, &mut Driver::new(ctx, &mut self.disk));
+            .handle_line(now, line, &mut Driver::new(ctx, &mut self.out));
         self.schedule(ctx);
     }
 
@@ -232,18 +264,18 @@ impl Handler for Runner {
         log::info!("signal {signal}: leaving the network");
         let now = ctx.now();
         self.node
-            .handle_shutdown(now, &mut Driver::new(ctx, &mut self.disk));
+            .handle_shutdown(now, &mut Driver::new(ctx, &mut self.out));
     }
 
     fn on_wake(&mut self, ctx: &mut Ctx) {
         let now = ctx.now();
-        while let Some(done) = self.disk.try_next() {
+        while let Some(done) = self.out.disk.try_next() {
             self.node
-                .handle_disk(now, done, &mut Driver::new(ctx, &mut self.disk));
+                .handle_disk(now, done, &mut Driver::new(ctx, &mut self.out));
         }
         if self.stopper.is_stopped() {
             self.node
-                .handle_shutdown(now, &mut Driver::new(ctx, &mut self.disk));
+                .handle_shutdown(now, &mut Driver::new(ctx, &mut self.out));
         }
         self.schedule(ctx);
     }
