@@ -15,6 +15,9 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use proptest::prelude::*;
+
+use shoal::node::command::Command;
 use shoal::node::download::Progress;
 use shoal::node::machine::{CloseReason, ConnId, Node, NodeIo};
 use shoal::node::NodeConfig;
@@ -100,6 +103,8 @@ struct Net {
     said: Vec<Vec<String>>,
     /// Bytes each endpoint's uplink sent.
     sent: Vec<u64>,
+    /// Connects made to each endpoint's address (answered or refused).
+    connects_to: Vec<usize>,
     /// When each endpoint said it downloaded something (its last such line).
     done_at: Vec<Option<Instant>>,
     stopped: Vec<bool>,
@@ -202,6 +207,9 @@ impl NodeIo for Io<'_> {
         });
         net.links[link].ends[0].ep = self.ep;
         let conn = net.new_conn(self.ep, link, 0);
+        if let Some(&to) = net.addrs.get(&addr) {
+            net.connects_to[to] += 1;
+        }
         match net.addrs.get(&addr).copied().filter(|&to| !net.stopped[to]) {
             Some(to) => {
                 net.links[link].ends[1].ep = to;
@@ -381,6 +389,7 @@ impl Swarm {
             seq: 0,
             said: vec![Vec::new(); count],
             sent: vec![0; count],
+            connects_to: vec![0; count],
             done_at: vec![None; count],
             stopped: vec![false; count],
         };
@@ -446,6 +455,23 @@ impl Swarm {
             let peer = 1 - side;
             self.end_conn(link, peer, CloseReason::Error(kind));
         }
+    }
+
+    /// The tracker comes back with empty tables, as a restarted process would.
+    fn restart_tracker(&mut self) {
+        self.tracker = TrackerState::new(TrackerLimits::default());
+        self.net.stopped[0] = false;
+    }
+
+    /// Runs a command on node `ep` as if typed.
+    fn command(&mut self, ep: usize, cmd: Command) {
+        let now = self.net.now;
+        let mut io = Io {
+            net: &mut self.net,
+            ep,
+        };
+        self.nodes[ep - 1].handle_command(now, cmd, &mut io);
+        self.pump_all();
     }
 
     fn pump_all(&mut self) {
@@ -906,5 +932,100 @@ fn completion_time_follows_file_size_over_the_owners_upload_rates() {
             took < 2.0 * ideal + 1.0,
             "{owners} owners: {took:.3} s against an ideal of {ideal:.3} s"
         );
+    }
+}
+
+#[test]
+fn nodes_back_off_while_the_tracker_is_down_and_re_announce_when_it_returns() {
+    let file = file_bytes((2 << 20) + 99, 5);
+    let specs = vec![
+        owner("alice", access(20.0, 100.0, 5), &file),
+        downloader("bob", access(20.0, 100.0, 5)),
+    ];
+    let mut swarm = Swarm::new(access(100.0, 100.0, 1), specs);
+    swarm.kill(0);
+    let down_for = Duration::from_secs(8);
+    swarm.run_until(down_for, |_| false);
+    assert!(!downloaded(&swarm, 2, "f.bin"));
+    swarm.command(1, Command::Status);
+    let status = swarm.net.said[1].last().cloned().unwrap_or_default();
+    assert!(
+        status.contains("not connected to the tracker at 10.0.0.1:12340 (retrying)"),
+        "{status}"
+    );
+    // Two nodes retrying with a doubling wait (0.5, 1, 2, 4 s...): a handful of tries each,
+    // not a busy loop.
+    let tries = swarm.net.connects_to[0];
+    assert!(
+        (4..=12).contains(&tries),
+        "{tries} connects in {down_for:?}"
+    );
+
+    swarm.restart_tracker();
+    let done = swarm.run_until(Duration::from_secs(60), |s| {
+        downloaded(s, 2, "f.bin") || failed(s, 2).is_some()
+    });
+    assert!(
+        done,
+        "no result after the tracker returned: {:?}",
+        swarm.net.said
+    );
+    assert_same(&swarm, 2, &file);
+    // The restarted tracker learnt everything from the nodes' re-announcements: alice's file,
+    // and bob's copy once he had it.
+    let owners: Vec<String> = swarm
+        .tracker
+        .owners_of("f.bin")
+        .into_iter()
+        .map(|(name, ..)| name)
+        .collect();
+    assert!(owners.contains(&"alice".to_owned()), "{owners:?}");
+    assert!(owners.contains(&"bob".to_owned()), "{owners:?}");
+    swarm.command(1, Command::Status);
+    let status = swarm.net.said[1].last().cloned().unwrap_or_default();
+    assert!(status.contains("connected to the tracker at"), "{status}");
+    assert!(!status.contains("not connected"), "{status}");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 12, .. ProptestConfig::default() })]
+
+    /// Any swarm of honest owners, at any rates and latencies, with one of them perhaps
+    /// vanishing part-way, delivers the file intact.
+    #[test]
+    fn any_swarm_of_honest_owners_delivers_the_file_intact(
+        size in 1usize..(3 << 20),
+        piece_shift in 16u32..21,
+        owners in proptest::collection::vec((1u32..40, 1u64..60), 1..4),
+        down in 5u32..200,
+        vanish in proptest::option::of(0u64..100),
+        seed in any::<u64>(),
+    ) {
+        let file = file_bytes(size, seed);
+        let names = ["o1", "o2", "o3"];
+        let mut specs: Vec<Spec> = owners
+            .iter()
+            .zip(names)
+            .map(|(&(up, lat), name)| Spec {
+                piece_size: 1 << piece_shift,
+                ..owner(name, access(f64::from(up), 100.0, lat), &file)
+            })
+            .collect();
+        specs.push(downloader("dl", access(10.0, f64::from(down), 5)));
+        let ep = specs.len();
+        let mut swarm = Swarm::new(access(100.0, 100.0, 1), specs);
+        if let (Some(percent), true) = (vanish, owners.len() > 1) {
+            // The first owner goes once it sent that share of the file.
+            let share = size as u64 * percent / 100;
+            swarm.run_until(Duration::from_secs(60), |s| s.net.sent[1] > share);
+            swarm.kill(1);
+        }
+        let done = swarm.run_until(Duration::from_secs(300), |s| {
+            downloaded(s, ep, "f.bin") || failed(s, ep).is_some()
+        });
+        prop_assert!(done, "no result: {:?}", swarm.net.said);
+        prop_assert_eq!(failed(&swarm, ep), None);
+        let got = std::fs::read(swarm.node_dir(ep).join("f.bin")).expect("a downloaded copy");
+        prop_assert!(got == file, "the copy differs");
     }
 }
