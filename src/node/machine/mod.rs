@@ -9,15 +9,18 @@
 //!
 //! Connections have one of three roles: the tracker link, a downloader we serve, or an
 //! owner one of our downloads fetches from. The code is split by concern: `tracker_link`,
-//! `sharing` (hashing, serving, pacing), `transfers` (downloads); this file holds the
-//! tables, the dispatch, the timers and the trait.
+//! `sharing` (hashing, serving, pacing), `transfers` (downloads), `clock` (what comes due),
+//! `effects` (the [`NodeIo`] trait); this file holds the tables and the dispatch.
 
+mod clock;
+mod effects;
 mod sharing;
 mod tracker_link;
 mod transfers;
 
+pub use effects::NodeIo;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -52,46 +55,6 @@ const KEEPALIVE_EVERY: Duration = Duration::from_secs(20);
 const SERVE_IDLE: Duration = Duration::from_secs(120);
 /// How often progress is redrawn.
 const PROGRESS_EVERY: Duration = Duration::from_millis(200);
-
-/// What the node asks of its driver: connections, disk jobs and lines for people.
-///
-/// Like the tracker's `Outbox`, but with in-place output ([`NodeIo::out_buf`]) so blocks are
-/// encoded straight into a connection's buffer, never copied.
-pub trait NodeIo {
-    /// Opens a connection to `addr`; [`Node::handle_connected`] or [`Node::handle_closed`] follows.
-    fn connect(&mut self, addr: SocketAddr) -> io::Result<ConnId>;
-    /// `conn`'s output buffer to append encoded frames to; `None` once it is closed.
-    fn out_buf(&mut self, conn: ConnId) -> Option<&mut Vec<u8>>;
-    /// Bytes queued on `conn` and not yet written.
-    fn pending_out(&self, conn: ConnId) -> usize;
-    /// Closes `conn` after what was queued on it; [`Node::handle_closed`] follows.
-    fn close(&mut self, conn: ConnId);
-    /// Offers `conn`'s unread input again (the node stopped consuming it while backed up).
-    fn resume_reading(&mut self, conn: ConnId);
-    /// Where `conn` leads, for logs.
-    fn peer_addr(&self, conn: ConnId) -> Option<SocketAddr>;
-    /// The node is leaving: stop driving it once the disk jobs in flight have ended.
-    fn stop(&mut self);
-    /// Hashes `file` in pieces of `piece_size` (or reads its hash cache): `DiskDone::Hashed`.
-    fn disk_hash(&mut self, folder: &Folder, file: SharedFile, piece_size: u32);
-    /// Reads a range of `file` into the page cache: `DiskDone::Warmed` with `key`; false if
-    /// it cannot be queued (the node then reads it itself).
-    fn disk_warm(&mut self, file: &SharedFile, offset: u64, len: u64, key: u64) -> bool;
-    /// Re-hashes the pieces a resumed download recorded: `DiskDone::Checked`.
-    fn disk_check(&mut self, file: PartialFile, hashes: Vec<Hash>);
-    /// Flushes and renames a complete download into place: `DiskDone::Finished`.
-    fn disk_finish(&mut self, file: PartialFile);
-    /// Lets `file` start writeback early from the disk thread (a no-op where there is none).
-    fn disk_writeback(&mut self, file: &mut PartialFile);
-    /// One result line for the user (standard output).
-    fn say(&mut self, line: &str);
-    /// One failure line for the user (standard error).
-    fn say_err(&mut self, line: &str);
-    /// Where the download of `name` stands (its rate smoothed), for a bar or a log line.
-    fn progress(&mut self, name: &str, progress: &Progress);
-    /// The download of `name` ended (`done`: complete); its display goes.
-    fn progress_end(&mut self, name: &str, done: bool);
-}
 
 /// How a node's run ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -411,92 +374,6 @@ impl Node {
         }
     }
 
-    /// Time passed: reconnects, keep-alives, idle sweeps, download deadlines, owner-list
-    /// timeouts, progress, and paced uploads, whichever are due.
-    pub fn handle_timeout(&mut self, now: Instant, io: &mut dyn NodeIo) {
-        self.now = now;
-        if self.tracker.retry_at.is_some_and(|t| t <= now) {
-            self.connect_tracker(io);
-        }
-        if self.housekeep_at <= now {
-            self.housekeep_at = now + KEEPALIVE_EVERY;
-            if let (Some(conn), true) = (self.tracker.conn, self.tracker.up) {
-                if let Some(out) = io.out_buf(conn) {
-                    let _ = wire::encode(&Message::KeepAlive, out);
-                }
-            }
-            self.close_idle_serving(io);
-            self.check_all_shared(io);
-        }
-        let due: Vec<String> = self
-            .downloads
-            .iter()
-            .filter(|(_, t)| t.dl.poll_timeout().is_some_and(|t| t <= now))
-            .map(|(name, _)| name.clone())
-            .collect();
-        for name in due {
-            self.with_download(io, &name, |dl, io| dl.handle_timeout(now, io));
-        }
-        let limit = self.config.download.no_source_timeout;
-        let unanswered: Vec<String> = self
-            .downloads
-            .iter()
-            .filter(|(_, t)| {
-                t.dl.phase() == Phase::Owners
-                    && !t.dl.heard_owners()
-                    && now.saturating_duration_since(t.started) > limit
-            })
-            .map(|(name, _)| name.clone())
-            .collect();
-        for name in unanswered {
-            let reason = format!("no owner list from the tracker at {}", self.config.tracker);
-            self.with_download(io, &name, |dl, io| dl.abort(reason, io));
-        }
-        for (name, t) in self
-            .downloads
-            .iter_mut()
-            .filter(|(_, t)| !t.dl.is_over() && t.next_draw <= now)
-        {
-            t.next_draw = now + PROGRESS_EVERY;
-            let progress = t.progress();
-            t.shown.update(now, &progress);
-            io.progress(name, &t.shown.smoothed(progress));
-        }
-        if self.bucket.is_some() {
-            self.pump_all(io);
-        }
-    }
-
-    /// The earliest deadline anything asked for: when to call [`Node::handle_timeout`].
-    pub fn poll_timeout(&mut self, io: &dyn NodeIo) -> Option<Instant> {
-        let now = self.now;
-        let mut next: Option<Instant> = None;
-        let mut consider = |t: Instant| next = Some(next.map_or(t, |n: Instant| n.min(t)));
-        if let Some(t) = self.tracker.retry_at {
-            consider(t);
-        }
-        consider(self.housekeep_at);
-        for t in self.downloads.values().filter(|t| !t.dl.is_over()) {
-            if let Some(at) = t.dl.poll_timeout() {
-                consider(at);
-            }
-            consider(t.next_draw);
-            if t.dl.phase() == Phase::Owners {
-                consider(t.started + self.config.download.no_source_timeout);
-            }
-        }
-        if let Some(bucket) = self.bucket.as_mut() {
-            let waiting = self
-                .conns
-                .iter()
-                .any(|(&conn, role)| sharing::serve_waiting(io, conn, role));
-            if waiting {
-                consider(bucket.ready_at(now));
-            }
-        }
-        next
-    }
-
     /// `upload`, but a name with control characters is refused here, escaped, before
     /// anything logs it raw.
     fn upload_escaped(&mut self, io: &mut dyn NodeIo, name: &str) {
@@ -566,25 +443,6 @@ impl Node {
             }
         }
         io.stop();
-    }
-
-    /// Closes serving connections that sent nothing for [`SERVE_IDLE`].
-    fn close_idle_serving(&mut self, io: &mut dyn NodeIo) {
-        let now = self.now;
-        let idle: Vec<ConnId> = self
-            .conns
-            .iter()
-            .filter(|(_, role)| matches!(role, Role::Serve(_, heard) if now.saturating_duration_since(*heard) > SERVE_IDLE))
-            .map(|(&conn, _)| conn)
-            .collect();
-        for conn in idle {
-            log::debug!(
-                "closing an idle serving connection from {:?}",
-                io.peer_addr(conn)
-            );
-            self.conns.remove(&conn);
-            io.close(conn);
-        }
     }
 
     fn drop_conn(&mut self, io: &mut dyn NodeIo, conn: ConnId) {

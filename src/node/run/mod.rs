@@ -2,7 +2,7 @@
 //!
 //! Every callback hands the event to the machine with the reactor's time, then sets the one
 //! reactor timer to the machine's [`Node::poll_timeout`]. Connections, disk jobs and output
-//! lines go back through [`Driver`], the machine's [`NodeIo`].
+//! lines go back through `Driver`, the machine's [`NodeIo`].
 
 use std::io;
 use std::net::SocketAddr;
