@@ -132,7 +132,9 @@ pub struct Node {
     listen_port: u16,
     /// Proves our name to the tracker (kept in the folder).
     secret: NodeSecret,
-    conns: HashMap<ConnId, Role>,
+    /// Ordered, so sweeps and fan-outs run in the same order every run (a seeded
+    /// simulation repeats exactly).
+    conns: BTreeMap<ConnId, Role>,
     tracker: TrackerLink,
     /// Keyed by (root, name): the same bytes may be shared under several names, and data
     /// requests carry only the root (any entry with it serves the same bytes).
@@ -169,7 +171,7 @@ impl Node {
             secret,
             config,
             folder,
-            conns: HashMap::new(),
+            conns: BTreeMap::new(),
             tracker: TrackerLink::default(),
             shared: BTreeMap::new(),
             hashing: Vec::new(),

@@ -5,7 +5,7 @@ use super::*;
 /// The download's connection actions, applied straight to the reactor.
 pub(super) struct DlIo<'a> {
     pub(super) io: &'a mut dyn NodeIo,
-    pub(super) conns: &'a mut HashMap<ConnId, Role>,
+    pub(super) conns: &'a mut BTreeMap<ConnId, Role>,
     pub(super) slots: &'a mut HashMap<SlotId, ConnId>,
     pub(super) file: Arc<str>,
     pub(super) failed: Vec<SlotId>,
