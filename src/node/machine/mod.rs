@@ -473,3 +473,6 @@ impl Node {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
