@@ -12,20 +12,8 @@ use sim::*;
 fn an_owner_and_a_downloader_end_with_identical_bytes() {
     let file = file_bytes((3 << 20) + 12_345, 1);
     let specs = vec![
-        Spec {
-            name: "alice",
-            access: access(20.0, 100.0, 5),
-            shares: vec![("f.bin", file.clone())],
-            downloads: vec![],
-            piece_size: 256 << 10,
-        },
-        Spec {
-            name: "bob",
-            access: access(20.0, 100.0, 5),
-            shares: vec![],
-            downloads: vec!["f.bin"],
-            piece_size: 256 << 10,
-        },
+        owner("alice", access(20.0, 100.0, 5), &file),
+        downloader("bob", access(20.0, 100.0, 5)),
     ];
     let mut swarm = Swarm::new(access(100.0, 100.0, 1), specs);
     let done = swarm.run_until(Duration::from_secs(120), |s| {
@@ -205,6 +193,38 @@ fn nodes_back_off_while_the_tracker_is_down_and_re_announce_when_it_returns() {
     let status = swarm.net.said[1].last().cloned().unwrap_or_default();
     assert!(status.contains("connected to the tracker at"), "{status}");
     assert!(!status.contains("not connected"), "{status}");
+}
+
+#[test]
+fn an_upload_limit_paces_an_owner_below_what_its_link_could_send() {
+    let file = file_bytes(4 << 20, 6);
+    let limit = 2u64 << 20;
+    let specs = vec![
+        Spec {
+            max_upload_rate: Some(limit),
+            ..owner("alice", access(100.0, 100.0, 5), &file)
+        },
+        downloader("bob", access(100.0, 100.0, 5)),
+    ];
+    let mut swarm = Swarm::new(access(100.0, 100.0, 1), specs);
+    let done = swarm.run_until(Duration::from_secs(120), |s| {
+        downloaded(s, 2, "f.bin") || failed(s, 2).is_some()
+    });
+    assert!(done, "no result: {:?}", swarm.net.said);
+    assert_same(&swarm, 2, &file);
+    let took = swarm.took(2).expect("a completion time");
+    let paced = file.len() as f64 / limit as f64;
+    eprintln!("4 MiB from an owner limited to 2 MiB/s on a 100 MiB/s link: {took:.3} s simulated (F/limit = {paced:.1} s)");
+    // Unpaced it would take 0.05 s. Paced, all but the bucket's burst (a twentieth of a
+    // second) and the last block (sent into debt that is never repaid) wait for tokens.
+    assert!(
+        took >= 0.7 * paced,
+        "{took:.3} s: faster than the limit allows"
+    );
+    assert!(
+        took < paced * 1.5 + 1.0,
+        "{took:.3} s: far slower than the limit"
+    );
 }
 
 proptest! {

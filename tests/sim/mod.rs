@@ -35,6 +35,8 @@ pub struct Spec {
     pub shares: Vec<(&'static str, Vec<u8>)>,
     pub downloads: Vec<&'static str>,
     pub piece_size: u32,
+    /// The node's own upload limit in bytes per second (`--max-upload-rate`), if any.
+    pub max_upload_rate: Option<u64>,
 }
 
 /// The tracker (endpoint 0), the nodes (1..), and the network between them.
@@ -85,6 +87,7 @@ impl Swarm {
             config.tracker = TRACKER_ADDR;
             config.dir = dir.path().to_owned();
             config.piece_size = spec.piece_size;
+            config.max_upload_rate = spec.max_upload_rate;
             config.uploads = spec.shares.iter().map(|(n, _)| n.to_string()).collect();
             config.downloads = spec.downloads.iter().map(|n| n.to_string()).collect();
             let folder = Folder::open(dir.path()).expect("folder");
@@ -432,6 +435,7 @@ pub fn node(name: &'static str, access: Access) -> Spec {
         shares: vec![],
         downloads: vec![],
         piece_size: 256 << 10,
+        max_upload_rate: None,
     }
 }
 
