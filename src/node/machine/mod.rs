@@ -6,6 +6,9 @@
 //! (connections, disk jobs, lines for people); [`Node::poll_timeout`] says when to call
 //! [`Node::handle_timeout`] next. Nothing here touches a socket, a thread or the clock:
 //! `node::run` drives it on the reactor and the disk thread, tests on a simulated network.
+//! It does use its folder directly (opening a file to share or download, one stat to catch
+//! a shared file changed on disk, piece writes and reads through the stores): short
+//! synchronous calls, where the slow ones (hashing, fsync, cache misses) are disk jobs.
 //!
 //! Connections have one of three roles: the tracker link, a downloader we serve, or an
 //! owner one of our downloads fetches from. The code is split by concern: `tracker_link`,
