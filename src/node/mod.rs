@@ -3,12 +3,14 @@
 //! Sans-IO parts, each driven with the time passed in: [`download`] (one
 //! download's state machine), [`picker`] (which piece next), [`serve`]
 //! (answering one downloader), [`rate`] (the upload limit), [`command`]
-//! (stdin). [`run`] joins them to a reactor and the node's folder.
+//! (stdin). [`machine`] joins them into one sans-IO node; [`run`] drives it on a
+//! reactor and the disk thread.
 
 pub mod bitfield;
 pub mod command;
 pub mod config;
 pub mod download;
+pub mod machine;
 pub mod peer;
 pub mod picker;
 pub mod progress;

@@ -41,30 +41,15 @@ impl Phase {
     }
 }
 
-/// One download's progress display.
-pub struct ProgressView {
-    name: String,
-    /// Standard error is a terminal and progress is wanted: a bar once there is something to fetch.
-    terminal: bool,
-    bar: Option<ProgressBar>,
-    next_log: Option<Instant>,
+/// The rate a person is shown: samples folded into an average over seconds (pure: no
+/// drawing, so the sans-IO node keeps it for `status` while the driver draws).
+#[derive(Clone, Debug, Default)]
+pub struct ShownRate {
     /// The smoothed rate in bytes per second and when it was last updated.
     rate: Option<(f64, Instant)>,
 }
 
-impl ProgressView {
-    /// A display for `name`; `enabled` false shows nothing.
-    pub fn new(name: &str, enabled: bool, now: Instant) -> Self {
-        let terminal = enabled && std::io::stderr().is_terminal();
-        ProgressView {
-            name: name.to_owned(),
-            terminal,
-            bar: None,
-            next_log: (enabled && !terminal).then_some(now + LOG_EVERY),
-            rate: None,
-        }
-    }
-
+impl ShownRate {
     /// `progress` with its rate replaced by the smoothed rate the display shows.
     pub fn smoothed(&self, mut progress: Progress) -> Progress {
         if let Some((rate, _)) = self.rate {
@@ -90,7 +75,7 @@ impl ProgressView {
         });
     }
 
-    /// Redraws (or logs, at most every [`LOG_EVERY`]) the current state.
+    /// Takes `progress`'s rate as the next sample.
     pub fn update(&mut self, now: Instant, progress: &Progress) {
         // With no owner connected nothing arrives, whatever the average remembers.
         if progress.owners == 0 {
@@ -98,7 +83,46 @@ impl ProgressView {
         } else {
             self.smooth(now, progress.rate);
         }
-        let progress = &self.smoothed(progress.clone());
+    }
+}
+
+/// One download's progress display.
+pub struct ProgressView {
+    name: String,
+    /// Standard error is a terminal and progress is wanted: a bar once there is something to fetch.
+    terminal: bool,
+    bar: Option<ProgressBar>,
+    next_log: Option<Instant>,
+    shown: ShownRate,
+}
+
+impl ProgressView {
+    /// A display for `name`; `enabled` false shows nothing.
+    pub fn new(name: &str, enabled: bool, now: Instant) -> Self {
+        let terminal = enabled && std::io::stderr().is_terminal();
+        ProgressView {
+            name: name.to_owned(),
+            terminal,
+            bar: None,
+            next_log: (enabled && !terminal).then_some(now + LOG_EVERY),
+            shown: ShownRate::default(),
+        }
+    }
+
+    /// `progress` with its rate replaced by the smoothed rate the display shows.
+    pub fn smoothed(&self, progress: Progress) -> Progress {
+        self.shown.smoothed(progress)
+    }
+
+    /// Smooths the rate of `progress`, then redraws (or logs) it.
+    pub fn update(&mut self, now: Instant, progress: &Progress) {
+        self.shown.update(now, progress);
+        let progress = self.shown.smoothed(progress.clone());
+        self.show(now, &progress);
+    }
+
+    /// Redraws (or logs, at most every [`LOG_EVERY`]) `progress`, its rate already smoothed.
+    pub fn show(&mut self, now: Instant, progress: &Progress) {
         let shown = shown_bytes(progress);
         if self.bar.is_none() && self.terminal && progress.phase.has_bar() && progress.total > 0 {
             self.bar = Some(new_bar());
@@ -420,7 +444,7 @@ mod tests {
     #[test]
     fn the_shown_rate_is_smoothed_over_seconds() {
         let t0 = Instant::now();
-        let mut view = ProgressView::new("a", false, t0);
+        let mut view = ShownRate::default();
         let p = at(Phase::Pieces, 0, 100 * MIB, 4.0 * MIB as f64, 1);
         assert_eq!(view.smoothed(p.clone()).rate, p.rate, "no sample yet");
         view.smooth(t0, 4.0 * MIB as f64);

@@ -89,6 +89,11 @@ pub use error::WireError;
 pub use frame::{check_header, kind, FrameHeader, HeaderStatus, Limits};
 pub use message::*;
 
+/// The first eight hex digits of a root hash, for logs (shared by the tracker and the node).
+pub fn short_hex(root: &RootHash) -> String {
+    root[..4].iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// First two bytes of every frame: tells a shoal stream from a stray connection at once.
 pub const MAGIC: [u8; 2] = *b"SH";
 /// Protocol version carried in every frame header.

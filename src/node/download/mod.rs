@@ -32,7 +32,7 @@ use super::bitfield::Bitfield;
 use super::peer::{Outstanding, Peer, PeerPhase, SlotId};
 use super::picker::Picker;
 use crate::storage::{self, Hash, Layout, PieceStore, StorageError};
-use crate::tracker::short_hex;
+use crate::wire::short_hex;
 use crate::wire::{
     BlockRequest, FileInfo, Message, Owner, RootHash, SizeInformation, MAX_BLOCK_LEN,
     MAX_HASHES_PER_FRAME,

@@ -31,7 +31,8 @@ use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use crate::wire::{ErrorCode, FileInfo, Message, NodeToTracker, RootHash};
+pub use crate::wire::short_hex;
+use crate::wire::{ErrorCode, FileInfo, Message, NodeToTracker};
 
 use notify::Due;
 
@@ -469,9 +470,4 @@ fn refuse(out: &mut dyn Outbox, to: SessionId, code: ErrorCode, reason: &str) {
     if code == ErrorCode::Protocol {
         out.close(to);
     }
-}
-
-/// The first eight hex digits of a root hash, for logs.
-pub fn short_hex(root: &RootHash) -> String {
-    root[..4].iter().map(|b| format!("{b:02x}")).collect()
 }

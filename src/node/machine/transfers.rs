@@ -4,8 +4,8 @@ use super::*;
 
 /// The download's connection actions, applied straight to the reactor.
 pub(super) struct DlIo<'a> {
-    pub(super) ctx: &'a mut Ctx,
-    pub(super) conns: &'a mut HashMap<ConnId, Role>,
+    pub(super) io: &'a mut dyn NodeIo,
+    pub(super) conns: &'a mut BTreeMap<ConnId, Role>,
     pub(super) slots: &'a mut HashMap<SlotId, ConnId>,
     pub(super) file: Arc<str>,
     pub(super) failed: Vec<SlotId>,
@@ -13,7 +13,7 @@ pub(super) struct DlIo<'a> {
 
 impl PeerIo for DlIo<'_> {
     fn connect(&mut self, slot: SlotId, addr: SocketAddr) {
-        match self.ctx.connect(addr) {
+        match self.io.connect(addr) {
             Ok(conn) => {
                 self.slots.insert(slot, conn);
                 self.conns.insert(
@@ -35,7 +35,7 @@ impl PeerIo for DlIo<'_> {
         let Some(&conn) = self.slots.get(&slot) else {
             return;
         };
-        if let Some(out) = self.ctx.out_buf(conn) {
+        if let Some(out) = self.io.out_buf(conn) {
             if let Err(e) = wire::encode(msg, out) {
                 log::error!("{}: cannot encode a request: {e}", self.file);
             }
@@ -45,7 +45,7 @@ impl PeerIo for DlIo<'_> {
     fn disconnect(&mut self, slot: SlotId) {
         if let Some(conn) = self.slots.remove(&slot) {
             self.conns.remove(&conn);
-            self.ctx.close(conn);
+            self.io.close(conn);
         }
     }
 }
@@ -53,7 +53,12 @@ impl PeerIo for DlIo<'_> {
 impl Node {
     /// Starts a download (of the content `pin` names, if given); false (with the reason
     /// logged) if it cannot start.
-    pub(super) fn download(&mut self, ctx: &mut Ctx, name: &str, pin: Option<RootPin>) -> bool {
+    pub(super) fn download(
+        &mut self,
+        io: &mut dyn NodeIo,
+        name: &str,
+        pin: Option<RootPin>,
+    ) -> bool {
         if let Err(e) = storage::check_name(name) {
             log::error!(
                 "download {}: name refused: {}",
@@ -73,7 +78,7 @@ impl Node {
             );
             return false;
         }
-        let now = ctx.now();
+        let now = self.now;
         let mut dl = Download::new(name, &self.config.name, self.config.download.clone(), now);
         if let Some(pin) = pin {
             log::info!("download {name}: pinned to root {}…", pin.as_str());
@@ -85,13 +90,13 @@ impl Node {
             slots: HashMap::new(),
             started: now,
             announced: false,
-            view: ProgressView::new(name, self.config.progress, now),
+            shown: ShownRate::default(),
             next_draw: now,
             checking: false,
         };
         self.downloads.insert(name.to_owned(), transfer);
         if self.tracker.up {
-            self.tell_tracker(ctx, &NodeToTracker::Need { name });
+            self.tell_tracker(io, &NodeToTracker::Need { name });
         } else if self.tracker.retry_at.is_some() {
             log::warn!(
                 "download {name}: waiting for the tracker at {}",
@@ -104,34 +109,34 @@ impl Node {
     /// Runs `f` on the download of `file` with its connection actions, then applies its notices.
     pub(super) fn with_download(
         &mut self,
-        ctx: &mut Ctx,
+        io: &mut dyn NodeIo,
         file: &str,
         f: impl FnOnce(&mut Download<PartialFile>, &mut dyn PeerIo),
     ) {
-        let now = ctx.now();
+        let now = self.now;
         let Some(transfer) = self.downloads.get_mut(file) else {
             return;
         };
-        let mut io = DlIo {
-            ctx: &mut *ctx,
+        let mut peers = DlIo {
+            io: &mut *io,
             conns: &mut self.conns,
             slots: &mut transfer.slots,
             file: transfer.key.clone(),
             failed: Vec::new(),
         };
-        f(&mut transfer.dl, &mut io);
+        f(&mut transfer.dl, &mut peers);
         // Connects that failed at once are reported like any other closed connection.
         let mut rounds = 0;
-        while !io.failed.is_empty() && rounds < 1000 {
+        while !peers.failed.is_empty() && rounds < 1000 {
             rounds += 1;
-            for slot in std::mem::take(&mut io.failed) {
-                transfer.dl.on_closed(now, slot, &mut io);
+            for slot in std::mem::take(&mut peers.failed) {
+                transfer.dl.on_closed(now, slot, &mut peers);
             }
         }
-        self.after_download(ctx, file);
+        self.after_download(io, file);
     }
 
-    pub(super) fn after_download(&mut self, ctx: &mut Ctx, file: &str) {
+    pub(super) fn after_download(&mut self, io: &mut dyn NodeIo, file: &str) {
         loop {
             let Some(transfer) = self.downloads.get_mut(file) else {
                 return;
@@ -140,39 +145,39 @@ impl Node {
                 break;
             };
             match notice {
-                Notice::NeedStore { info } => self.attach_store(ctx, file, info),
-                Notice::PieceDone(piece) => self.piece_done(ctx, file, piece),
-                Notice::Complete => self.complete(ctx, file),
-                Notice::Failed(reason) => self.failed(ctx, file, &reason),
+                Notice::NeedStore { info } => self.attach_store(io, file, info),
+                Notice::PieceDone(piece) => self.piece_done(io, file, piece),
+                Notice::Complete => self.complete(io, file),
+                Notice::Failed(reason) => self.failed(io, file, &reason),
             }
         }
     }
 
-    pub(super) fn attach_store(&mut self, ctx: &mut Ctx, file: &str, info: FileInfo) {
+    pub(super) fn attach_store(&mut self, io: &mut dyn NodeIo, file: &str, info: FileInfo) {
         let layout = Layout {
             size: info.size,
             piece_size: info.piece_size,
         };
         let mut opened = self.folder.begin_download(file, layout, &info.root);
         if let Ok(partial) = opened.as_mut() {
-            partial.start_writeback_with(&self.disk);
+            io.disk_writeback(partial);
         }
-        let now = ctx.now();
+        let now = self.now;
         if let Ok(partial) = opened {
             let Some(transfer) = self.downloads.get_mut(file) else {
                 return;
             };
             if !partial.claimed_done().iter().any(|&c| c) {
-                self.with_download(ctx, file, |dl, io| dl.attach_checked(now, partial, &[], io));
+                self.with_download(io, file, |dl, io| dl.attach_checked(now, partial, &[], io));
                 return;
             }
             // A resume: what the earlier run recorded is re-hashed on the disk thread.
             let hashes = transfer.dl.hashes().map(<[_]>::to_vec).unwrap_or_default();
             transfer.checking = true;
-            self.disk.check(partial, hashes);
+            io.disk_check(partial, hashes);
             return;
         }
-        self.with_download(ctx, file, |dl, io| {
+        self.with_download(io, file, |dl, io| {
             if let Err(e) = opened {
                 dl.abort(format!("cannot create its temporary file: {e}"), io)
             }
@@ -182,7 +187,7 @@ impl Node {
     /// The disk thread re-hashed what an earlier run of `file` left: the download goes on.
     pub(super) fn checked(
         &mut self,
-        ctx: &mut Ctx,
+        io: &mut dyn NodeIo,
         file: &str,
         partial: PartialFile,
         result: Result<Vec<bool>, storage::StorageError>,
@@ -194,14 +199,14 @@ impl Node {
         if transfer.dl.is_over() {
             return;
         }
-        let now = ctx.now();
-        self.with_download(ctx, file, |dl, io| match result {
+        let now = self.now;
+        self.with_download(io, file, |dl, io| match result {
             Ok(checked) => dl.attach_checked(now, partial, &checked, io),
             Err(e) => dl.abort(format!("cannot read back {file}: {e}"), io),
         });
     }
 
-    pub(super) fn piece_done(&mut self, ctx: &mut Ctx, file: &str, piece: u32) {
+    pub(super) fn piece_done(&mut self, io: &mut dyn NodeIo, file: &str, piece: u32) {
         let Some(transfer) = self.downloads.get_mut(file) else {
             return;
         };
@@ -223,7 +228,7 @@ impl Node {
         for (&conn, role) in &self.conns {
             if let Role::Serve(serve, _) = role {
                 if serve.watches(&info.root) {
-                    if let Some(out) = ctx.out_buf(conn) {
+                    if let Some(out) = io.out_buf(conn) {
                         let _ = wire::encode(&have, out);
                     }
                 }
@@ -232,7 +237,7 @@ impl Node {
         if first {
             // From its first verified piece on, a downloader is a partial owner others can use.
             self.tell_tracker(
-                ctx,
+                io,
                 &NodeToTracker::Have {
                     name: file,
                     info,
@@ -246,24 +251,24 @@ impl Node {
     ///
     /// Meanwhile the download stays in its finishing phase: not served (its store is
     /// gone), not shown at 100 %, and a second `download` of the name is refused.
-    pub(super) fn complete(&mut self, _ctx: &mut Ctx, file: &str) {
+    pub(super) fn complete(&mut self, io: &mut dyn NodeIo, file: &str) {
         let Some(transfer) = self.downloads.get_mut(file) else {
             return;
         };
         let Some(partial) = transfer.dl.take_store() else {
             return;
         };
-        self.disk.finish(partial);
+        io.disk_finish(partial);
     }
 
     /// The disk thread flushed and renamed `file` (or could not): report it and share it.
     pub(super) fn finished(
         &mut self,
-        ctx: &mut Ctx,
+        io: &mut dyn NodeIo,
         file: &str,
         moved: Result<std::path::PathBuf, storage::StorageError>,
     ) {
-        let now = ctx.now();
+        let now = self.now;
         let Some(transfer) = self.downloads.get_mut(file) else {
             return;
         };
@@ -272,13 +277,14 @@ impl Node {
         };
         if let Err(e) = moved {
             let reason = format!("cannot flush it and rename it into place: {e}");
-            self.with_download(ctx, file, |dl, io| dl.abort(reason, io));
+            self.with_download(io, file, |dl, io| dl.abort(reason, io));
             return;
         }
         transfer.dl.finished();
         let progress = transfer.progress();
-        transfer.view.update(now, &progress);
-        transfer.view.finish(true);
+        transfer.shown.update(now, &progress);
+        io.progress(file, &transfer.shown.smoothed(progress));
+        io.progress_end(file, true);
         let hashes = transfer.dl.hashes_owned();
         let (fetched, kept) = (transfer.dl.fetched_bytes(), transfer.dl.kept_bytes());
         let sources: Vec<String> = transfer
@@ -292,34 +298,34 @@ impl Node {
             .saturating_duration_since(transfer.started)
             .as_secs_f64();
         let rate = info.size as f64 / elapsed.max(1e-6) / f64::from(1 << 20);
-        say!(
+        io.say(&format!(
             "downloaded {file} ({} bytes in {elapsed:.2} s = {rate:.1} MiB/s, from the request to the file verified, flushed to disk and renamed; fetched {fetched} bytes, kept {kept} from an earlier run)",
             info.size
-        );
+        ));
         log::info!("{file}: bytes by owner: {}", sources.join(", "));
         self.report.completed += 1;
-        self.tell_tracker(ctx, &NodeToTracker::Unneed { name: file });
+        self.tell_tracker(io, &NodeToTracker::Unneed { name: file });
         match self.folder.open_shared(file) {
-            Ok(store) => self.publish(ctx, file.to_owned(), info, hashes, store),
+            Ok(store) => self.publish(io, file.to_owned(), info, hashes, store),
             Err(e) => log::warn!("{file}: downloaded but cannot be shared: {e}"),
         }
         self.awaited.remove(file);
-        self.check_done(ctx);
+        self.check_done(io);
     }
 
-    pub(super) fn failed(&mut self, ctx: &mut Ctx, file: &str, reason: &str) {
-        say_err!("download {file} failed: {reason}");
+    pub(super) fn failed(&mut self, io: &mut dyn NodeIo, file: &str, reason: &str) {
+        io.say_err(&format!("download {file} failed: {reason}"));
         let Some(transfer) = self.downloads.get_mut(file) else {
             return;
         };
-        transfer.view.finish(false);
+        io.progress_end(file, false);
         let announced = transfer.announced;
         let info = transfer.dl.info();
         drop(transfer.dl.take_store());
-        self.tell_tracker(ctx, &NodeToTracker::Unneed { name: file });
+        self.tell_tracker(io, &NodeToTracker::Unneed { name: file });
         if let (true, Some(info)) = (announced, info) {
             self.tell_tracker(
-                ctx,
+                io,
                 &NodeToTracker::Drop {
                     name: file,
                     root: info.root,
@@ -328,12 +334,12 @@ impl Node {
         }
         self.report.failed += 1;
         self.awaited.remove(file);
-        self.check_done(ctx);
+        self.check_done(io);
     }
 
-    pub(super) fn check_done(&mut self, ctx: &mut Ctx) {
+    pub(super) fn check_done(&mut self, io: &mut dyn NodeIo) {
         if self.config.exit_when_done && self.awaited.is_empty() && !self.stopping {
-            self.shutdown(ctx);
+            self.shutdown(io);
         }
     }
 }

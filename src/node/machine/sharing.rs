@@ -75,7 +75,7 @@ pub(super) fn partial_view(t: &Transfer) -> Option<FileView<'_>> {
 }
 
 impl Node {
-    pub(super) fn upload(&mut self, _ctx: &mut Ctx, name: &str) {
+    pub(super) fn upload(&mut self, io: &mut dyn NodeIo, name: &str) {
         if let Err(e) = storage::check_name(name) {
             log::error!("upload {name}: name refused: {e}");
             return;
@@ -117,13 +117,13 @@ impl Node {
             layout,
         });
         // Reading a big file takes seconds: the disk thread does it, `hashed` follows.
-        self.disk.hash(&self.folder, store, layout.piece_size);
+        io.disk_hash(&self.folder, store, layout.piece_size);
     }
 
     /// The disk thread hashed `store` (or found its hashes cached): publish it.
     pub(super) fn hashed(
         &mut self,
-        ctx: &mut Ctx,
+        io: &mut dyn NodeIo,
         store: SharedFile,
         piece_size: u32,
         result: Result<storage::PieceHashes, storage::StorageError>,
@@ -151,24 +151,24 @@ impl Node {
             piece_size,
             root: storage::root_hash(layout, &hashed.hashes),
         };
-        self.publish(ctx, name, info, hashed.hashes, store);
+        self.publish(io, name, info, hashed.hashes, store);
     }
 
     pub(super) fn publish(
         &mut self,
-        ctx: &mut Ctx,
+        io: &mut dyn NodeIo,
         name: String,
         info: FileInfo,
         hashes: Vec<Hash>,
         store: SharedFile,
     ) {
-        say!(
+        io.say(&format!(
             "sharing {name} ({} bytes, root {})",
             info.size,
             hex(&info.root)
-        );
+        ));
         self.tell_tracker(
-            ctx,
+            io,
             &NodeToTracker::Have {
                 name: &name,
                 info,
@@ -189,7 +189,7 @@ impl Node {
     }
 
     /// Withdraws shared files that changed on disk since they were hashed: by `name` or `root`.
-    fn check_shared(&mut self, ctx: &mut Ctx, name: Option<&str>, root: Option<&RootHash>) {
+    fn check_shared(&mut self, io: &mut dyn NodeIo, name: Option<&str>, root: Option<&RootHash>) {
         let dir = self.folder.dir();
         let changed: Vec<(SharedKey, String)> = self
             .shared
@@ -200,17 +200,17 @@ impl Node {
             .filter_map(|(key, s)| changed_on_disk(dir, s).map(|why| (key.clone(), why)))
             .collect();
         for (key, why) in changed {
-            self.withdraw(ctx, &key, &why);
+            self.withdraw(io, &key, &why);
         }
     }
 
     /// Every shared file checked against the disk (the periodic sweep).
-    pub(super) fn check_all_shared(&mut self, ctx: &mut Ctx) {
-        self.check_shared(ctx, None, None);
+    pub(super) fn check_all_shared(&mut self, io: &mut dyn NodeIo) {
+        self.check_shared(io, None, None);
     }
 
     /// Stops serving a file that changed under us, and tells the tracker.
-    fn withdraw(&mut self, ctx: &mut Ctx, key: &SharedKey, why: &str) {
+    fn withdraw(&mut self, io: &mut dyn NodeIo, key: &SharedKey, why: &str) {
         let Some(s) = self.shared.remove(key) else {
             return;
         };
@@ -219,7 +219,7 @@ impl Node {
             esc(&s.name)
         );
         self.tell_tracker(
-            ctx,
+            io,
             &NodeToTracker::Drop {
                 name: &s.name,
                 root: s.info.root,
@@ -227,38 +227,38 @@ impl Node {
         );
     }
 
-    pub(super) fn on_serve_frame(&mut self, ctx: &mut Ctx, conn: ConnId, msg: &Message<'_>) {
+    pub(super) fn on_serve_frame(&mut self, io: &mut dyn NodeIo, conn: ConnId, msg: &Message<'_>) {
         // The first questions of a downloader are where a changed file is caught cheaply
         // (one stat); blocks of a file truncated later fail to read and are caught in `pump`.
         match msg {
             Message::SizeInformation(wire::SizeInformation::Question { name, .. }) => {
-                self.check_shared(ctx, Some(name), None)
+                self.check_shared(io, Some(name), None)
             }
-            Message::HashRequest { root, .. } => self.check_shared(ctx, None, Some(root)),
+            Message::HashRequest { root, .. } => self.check_shared(io, None, Some(root)),
             _ => {}
         }
         let Some(Role::Serve(serve, last_heard)) = self.conns.get_mut(&conn) else {
             return;
         };
-        *last_heard = ctx.now();
+        *last_heard = self.now;
         let lib = Lib {
             shared: &self.shared,
             downloads: &self.downloads,
         };
-        let Some(out) = ctx.out_buf(conn) else { return };
+        let Some(out) = io.out_buf(conn) else { return };
         if serve.on_message(msg, &lib, out) == ServeOutcome::Close {
             log::info!(
                 "closing a serving connection from {:?}: bad request",
-                ctx.peer_addr(conn)
+                io.peer_addr(conn)
             );
             self.conns.remove(&conn);
-            ctx.close(conn);
+            io.close(conn);
         }
     }
 
     /// Tops up `conn`'s output with queued blocks while it has room and the rate allows.
-    pub(super) fn pump(&mut self, ctx: &mut Ctx, conn: ConnId) {
-        let now = ctx.now();
+    pub(super) fn pump(&mut self, io: &mut dyn NodeIo, conn: ConnId) {
+        let now = self.now;
         let Some(Role::Serve(serve, _)) = self.conns.get_mut(&conn) else {
             return;
         };
@@ -266,7 +266,7 @@ impl Node {
             shared: &self.shared,
             downloads: &self.downloads,
         };
-        while ctx.pending_out(conn) < SERVE_TARGET && serve.queued() > 0 {
+        while io.pending_out(conn) < SERVE_TARGET && serve.queued() > 0 {
             if serve.is_waiting_disk() {
                 break;
             }
@@ -278,7 +278,7 @@ impl Node {
             let Some(request) = serve.next_request() else {
                 break;
             };
-            let Some(out) = ctx.out_buf(conn) else { return };
+            let Some(out) = io.out_buf(conn) else { return };
             let may_wait = serve.take_may_wait();
             match serve_block(&request, &lib, out, may_wait) {
                 Ok(Served::Sent(sent)) => {
@@ -305,7 +305,7 @@ impl Node {
                         esc(&s.name),
                         request.piece
                     );
-                    if !self.disk.warm(&s.store, at, u64::from(request.len), key) {
+                    if !io.disk_warm(&s.store, at, u64::from(request.len), key) {
                         serve.disk_ready();
                         continue;
                     }
@@ -314,8 +314,8 @@ impl Node {
                 Err(why) => {
                     log::warn!("cannot serve piece {}: {}", request.piece, esc(&why));
                     let root = request.root;
-                    self.check_shared(ctx, None, Some(&root));
-                    let Some(out) = ctx.out_buf(conn) else { return };
+                    self.check_shared(io, None, Some(&root));
+                    let Some(out) = io.out_buf(conn) else { return };
                     let _ = wire::encode(
                         &Message::Error {
                             code: ErrorCode::Refused,
@@ -324,7 +324,7 @@ impl Node {
                         out,
                     );
                     self.conns.remove(&conn);
-                    ctx.close(conn);
+                    io.close(conn);
                     return;
                 }
             }
@@ -333,22 +333,22 @@ impl Node {
 
     /// The disk thread read in the block `conn` waits for (the key is the conn's id; a conn
     /// closed meanwhile, or its id reused, just gets a harmless extra pump).
-    pub(super) fn warmed(&mut self, ctx: &mut Ctx, key: u64) {
+    pub(super) fn warmed(&mut self, io: &mut dyn NodeIo, key: u64) {
         let conn = ConnId(key as usize);
         if let Some(Role::Serve(serve, _)) = self.conns.get_mut(&conn) {
             if serve.is_waiting_disk() {
                 serve.disk_ready();
             }
-            self.pump(ctx, conn);
+            self.pump(io, conn);
         }
     }
 
     /// Serves every connection with queued requests, starting after the last one served first.
-    pub(super) fn pump_all(&mut self, ctx: &mut Ctx) {
+    pub(super) fn pump_all(&mut self, io: &mut dyn NodeIo) {
         let mut waiting: Vec<ConnId> = self
             .conns
             .iter()
-            .filter(|(&conn, role)| serve_waiting(ctx, conn, role))
+            .filter(|(&conn, role)| serve_waiting(io, conn, role))
             .map(|(&conn, _)| conn)
             .collect();
         if waiting.is_empty() {
@@ -358,16 +358,16 @@ impl Node {
         self.serve_cursor = (self.serve_cursor + 1) % waiting.len();
         waiting.rotate_left(self.serve_cursor);
         for conn in waiting {
-            self.pump(ctx, conn);
+            self.pump(io, conn);
         }
     }
 }
 
 /// A serving connection waits on the rate limit when it has requests queued and room for
 /// more output; one at or above the target is woken by its drain instead.
-pub(super) fn serve_waiting(ctx: &Ctx, conn: ConnId, role: &Role) -> bool {
+pub(super) fn serve_waiting(io: &dyn NodeIo, conn: ConnId, role: &Role) -> bool {
     matches!(role, Role::Serve(s, _) if s.queued() > 0 && !s.is_waiting_disk())
-        && ctx.pending_out(conn) < SERVE_TARGET
+        && io.pending_out(conn) < SERVE_TARGET
 }
 
 /// Why the file behind `s` is no longer the one that was hashed, if it is not.

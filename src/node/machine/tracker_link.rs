@@ -3,18 +3,18 @@
 use super::*;
 
 impl Node {
-    pub(super) fn connect_tracker(&mut self, ctx: &mut Ctx) {
+    pub(super) fn connect_tracker(&mut self, io: &mut dyn NodeIo) {
         self.tracker.retry_at = None;
-        match ctx.connect(self.config.tracker) {
+        match io.connect(self.config.tracker) {
             Ok(conn) => {
                 self.tracker.conn = Some(conn);
                 self.conns.insert(conn, Role::Tracker);
             }
-            Err(e) => self.tracker_lost(ctx, &e.to_string()),
+            Err(e) => self.tracker_lost(&e.to_string()),
         }
     }
 
-    pub(super) fn tracker_connected(&mut self, ctx: &mut Ctx) {
+    pub(super) fn tracker_connected(&mut self, io: &mut dyn NodeIo) {
         let was_retrying = !self.tracker.backoff.is_zero();
         self.tracker.up = true;
         self.tracker.backoff = Duration::ZERO;
@@ -25,7 +25,7 @@ impl Node {
             );
         }
         self.tell_tracker(
-            ctx,
+            io,
             &NodeToTracker::Hello {
                 node_name: &self.config.name.clone(),
                 listen_port: self.listen_port,
@@ -39,7 +39,7 @@ impl Node {
             .collect();
         for (name, info) in shared {
             self.tell_tracker(
-                ctx,
+                io,
                 &NodeToTracker::Have {
                     name: &name,
                     info,
@@ -56,7 +56,7 @@ impl Node {
         for (name, info, announced) in downloads {
             if let (Some(info), true) = (info, announced) {
                 self.tell_tracker(
-                    ctx,
+                    io,
                     &NodeToTracker::Have {
                         name: &name,
                         info,
@@ -64,14 +64,14 @@ impl Node {
                     },
                 );
             }
-            self.tell_tracker(ctx, &NodeToTracker::Need { name: &name });
+            self.tell_tracker(io, &NodeToTracker::Need { name: &name });
         }
         // The tracker forgets whatever it still lists for us that we did not state again
         // (a file changed or removed while we were away).
-        self.tell_tracker(ctx, &NodeToTracker::Synced);
+        self.tell_tracker(io, &NodeToTracker::Synced);
     }
 
-    pub(super) fn tracker_lost(&mut self, ctx: &mut Ctx, why: &str) {
+    pub(super) fn tracker_lost(&mut self, why: &str) {
         self.tracker.conn = None;
         self.tracker.up = false;
         if self.stopping {
@@ -80,7 +80,7 @@ impl Node {
         let backoff =
             (self.tracker.backoff * 2).clamp(Duration::from_millis(500), MAX_TRACKER_BACKOFF);
         self.tracker.backoff = backoff;
-        self.tracker.retry_at = Some(ctx.now() + backoff);
+        self.tracker.retry_at = Some(self.now + backoff);
         log::warn!(
             "tracker at {} unreachable ({why}); retrying in {:.1} s",
             self.config.tracker,
@@ -88,23 +88,23 @@ impl Node {
         );
     }
 
-    pub(super) fn tell_tracker(&mut self, ctx: &mut Ctx, msg: &NodeToTracker<'_>) {
+    pub(super) fn tell_tracker(&mut self, io: &mut dyn NodeIo, msg: &NodeToTracker<'_>) {
         let Some(conn) = self.tracker.conn.filter(|_| self.tracker.up) else {
             return;
         };
-        if let Some(out) = ctx.out_buf(conn) {
+        if let Some(out) = io.out_buf(conn) {
             if let Err(e) = wire::encode(&Message::NodeToTracker(msg.clone()), out) {
                 log::error!("cannot encode a tracker message: {e}");
             }
         }
     }
 
-    pub(super) fn on_tracker_frame(&mut self, ctx: &mut Ctx, msg: &Message<'_>) {
+    pub(super) fn on_tracker_frame(&mut self, io: &mut dyn NodeIo, msg: &Message<'_>) {
         match msg {
             Message::TrackerToNode(list) => {
-                let now = ctx.now();
+                let now = self.now;
                 let name = list.name.to_owned();
-                self.with_download(ctx, &name, |dl, io| dl.on_owners(now, &list.owners, io));
+                self.with_download(io, &name, |dl, io| dl.on_owners(now, &list.owners, io));
             }
             Message::Error { code, reason } => {
                 log::warn!("tracker refused: {} ({code:?})", esc(reason));

@@ -1,0 +1,271 @@
+//! Whole swarms below processes: real `node::machine::Node`s and the real `TrackerState`
+//! on a simulated network (`sim`), in simulated time, deterministic by seed.
+
+mod sim;
+
+use std::time::Duration;
+
+use proptest::prelude::*;
+use sim::*;
+
+#[test]
+fn an_owner_and_a_downloader_end_with_identical_bytes() {
+    let file = file_bytes((3 << 20) + 12_345, 1);
+    let specs = vec![
+        owner("alice", access(20.0, 100.0, 5), &file),
+        downloader("bob", access(20.0, 100.0, 5)),
+    ];
+    let mut swarm = Swarm::new(access(100.0, 100.0, 1), specs);
+    let done = swarm.run_until(Duration::from_secs(120), |s| {
+        downloaded(s, 2, "f.bin") || failed(s, 2).is_some()
+    });
+    assert!(
+        done,
+        "no result within 120 simulated seconds: {:?}",
+        swarm.net.said
+    );
+    assert_eq!(failed(&swarm, 2), None);
+    let got = std::fs::read(swarm.node_dir(2).join("f.bin")).expect("bob's copy");
+    assert!(got == file, "bob's copy differs from alice's file");
+    assert_eq!(swarm.nodes[1].report().completed, 1);
+    assert!(swarm.net.said[1][0].starts_with("sharing f.bin"));
+}
+
+#[test]
+fn two_downloaders_of_one_slow_seed_fetch_from_each_other() {
+    let file = file_bytes(8 << 20, 2);
+    let specs = vec![
+        owner("alice", access(10.0, 100.0, 5), &file),
+        downloader("bob", access(10.0, 100.0, 5)),
+        downloader("carol", access(10.0, 100.0, 5)),
+    ];
+    let mut swarm = Swarm::new(access(100.0, 100.0, 1), specs);
+    let done = swarm.run_until(Duration::from_secs(120), |s| {
+        (2..=3).all(|ep| downloaded(s, ep, "f.bin") || failed(s, ep).is_some())
+    });
+    assert!(
+        done,
+        "no result within 120 simulated seconds: {:?}",
+        swarm.net.said
+    );
+    assert_same(&swarm, 2, &file);
+    assert_same(&swarm, 3, &file);
+    // Each partial owner served the other whole pieces the seed did not have to send twice.
+    let piece = 256 << 10;
+    assert!(
+        swarm.net.sent[2] > piece,
+        "bob sent {} bytes",
+        swarm.net.sent[2]
+    );
+    assert!(
+        swarm.net.sent[3] > piece,
+        "carol sent {} bytes",
+        swarm.net.sent[3]
+    );
+    assert!(
+        swarm.net.sent[1] < 2 * file.len() as u64,
+        "the seed sent {} bytes: everything twice",
+        swarm.net.sent[1]
+    );
+    eprintln!(
+        "seed 10 MiB/s, 8 MiB to two downloaders: bob {:.2} s, carol {:.2} s (F/R = 0.80 s); sent: seed {}, bob {}, carol {}",
+        swarm.took(2).unwrap_or(f64::NAN),
+        swarm.took(3).unwrap_or(f64::NAN),
+        swarm.net.sent[1],
+        swarm.net.sent[2],
+        swarm.net.sent[3]
+    );
+}
+
+#[test]
+fn an_owner_that_vanishes_mid_download_leaves_the_rest_to_the_other() {
+    let file = file_bytes((6 << 20) + 777, 3);
+    let specs = vec![
+        owner("alice", access(10.0, 100.0, 5), &file),
+        owner("dave", access(10.0, 100.0, 20), &file),
+        downloader("bob", access(10.0, 100.0, 5)),
+    ];
+    let mut swarm = Swarm::new(access(100.0, 100.0, 1), specs);
+    let third = file.len() as u64 / 3;
+    let cut = swarm.run_until(Duration::from_secs(60), |s| s.net.sent[1] > third);
+    assert!(
+        cut,
+        "alice never sent a third of the file: {:?}",
+        swarm.net.said
+    );
+    swarm.kill(1);
+    let done = swarm.run_until(Duration::from_secs(120), |s| {
+        downloaded(s, 3, "f.bin") || failed(s, 3).is_some()
+    });
+    assert!(
+        done,
+        "no result within 120 simulated seconds: {:?}",
+        swarm.net.said
+    );
+    assert_same(&swarm, 3, &file);
+    assert!(
+        swarm.net.sent[2] > third,
+        "dave sent {} bytes",
+        swarm.net.sent[2]
+    );
+}
+
+#[test]
+fn completion_time_follows_file_size_over_the_owners_upload_rates() {
+    let file = file_bytes(16 << 20, 4);
+    let names = ["o1", "o2", "o3", "o4"];
+    let rate = 8.0;
+    for owners in [1usize, 2, 4] {
+        let mut specs: Vec<Spec> = names[..owners]
+            .iter()
+            .map(|&name| owner(name, access(rate, 100.0, 10), &file))
+            .collect();
+        specs.push(downloader("dl", access(10.0, 400.0, 10)));
+        let mut swarm = Swarm::new(access(100.0, 100.0, 1), specs);
+        let ep = owners + 1;
+        let done = swarm.run_until(Duration::from_secs(300), |s| {
+            downloaded(s, ep, "f.bin") || failed(s, ep).is_some()
+        });
+        assert!(done, "{owners} owners: no result: {:?}", swarm.net.said);
+        assert_same(&swarm, ep, &file);
+        let took = swarm.took(ep).expect("a completion time");
+        let ideal = file.len() as f64 / (owners as f64 * rate * f64::from(1 << 20));
+        eprintln!(
+            "{owners} owner(s) at {rate} MiB/s up, 16 MiB: {took:.3} s simulated, F/(N*R) = {ideal:.3} s, ratio {:.2}",
+            took / ideal
+        );
+        // No faster than the links allow; every owner's uplink pulls its weight.
+        assert!(took >= ideal, "{took} s beats the links' {ideal} s");
+        assert!(
+            took < 2.0 * ideal + 1.0,
+            "{owners} owners: {took:.3} s against an ideal of {ideal:.3} s"
+        );
+    }
+}
+
+#[test]
+fn nodes_back_off_while_the_tracker_is_down_and_re_announce_when_it_returns() {
+    let file = file_bytes((2 << 20) + 99, 5);
+    let specs = vec![
+        owner("alice", access(20.0, 100.0, 5), &file),
+        downloader("bob", access(20.0, 100.0, 5)),
+    ];
+    let mut swarm = Swarm::new(access(100.0, 100.0, 1), specs);
+    swarm.kill(0);
+    let down_for = Duration::from_secs(8);
+    swarm.run_until(down_for, |_| false);
+    assert!(!downloaded(&swarm, 2, "f.bin"));
+    swarm.command(1, Command::Status);
+    let status = swarm.net.said[1].last().cloned().unwrap_or_default();
+    assert!(
+        status.contains("not connected to the tracker at 10.0.0.1:12340 (retrying)"),
+        "{status}"
+    );
+    // Two nodes retrying with a doubling wait (0.5, 1, 2, 4 s...): a handful of tries each,
+    // not a busy loop.
+    let tries = swarm.net.connects_to[0];
+    assert!(
+        (4..=12).contains(&tries),
+        "{tries} connects in {down_for:?}"
+    );
+
+    swarm.restart_tracker();
+    let done = swarm.run_until(Duration::from_secs(60), |s| {
+        downloaded(s, 2, "f.bin") || failed(s, 2).is_some()
+    });
+    assert!(
+        done,
+        "no result after the tracker returned: {:?}",
+        swarm.net.said
+    );
+    assert_same(&swarm, 2, &file);
+    // The restarted tracker learnt everything from the nodes' re-announcements: alice's file,
+    // and bob's copy once he had it.
+    let owners: Vec<String> = swarm
+        .tracker
+        .owners_of("f.bin")
+        .into_iter()
+        .map(|(name, ..)| name)
+        .collect();
+    assert!(owners.contains(&"alice".to_owned()), "{owners:?}");
+    assert!(owners.contains(&"bob".to_owned()), "{owners:?}");
+    swarm.command(1, Command::Status);
+    let status = swarm.net.said[1].last().cloned().unwrap_or_default();
+    assert!(status.contains("connected to the tracker at"), "{status}");
+    assert!(!status.contains("not connected"), "{status}");
+}
+
+#[test]
+fn an_upload_limit_paces_an_owner_below_what_its_link_could_send() {
+    let file = file_bytes(4 << 20, 6);
+    let limit = 2u64 << 20;
+    let specs = vec![
+        Spec {
+            max_upload_rate: Some(limit),
+            ..owner("alice", access(100.0, 100.0, 5), &file)
+        },
+        downloader("bob", access(100.0, 100.0, 5)),
+    ];
+    let mut swarm = Swarm::new(access(100.0, 100.0, 1), specs);
+    let done = swarm.run_until(Duration::from_secs(120), |s| {
+        downloaded(s, 2, "f.bin") || failed(s, 2).is_some()
+    });
+    assert!(done, "no result: {:?}", swarm.net.said);
+    assert_same(&swarm, 2, &file);
+    let took = swarm.took(2).expect("a completion time");
+    let paced = file.len() as f64 / limit as f64;
+    eprintln!("4 MiB from an owner limited to 2 MiB/s on a 100 MiB/s link: {took:.3} s simulated (F/limit = {paced:.1} s)");
+    // Unpaced it would take 0.05 s. Paced, all but the bucket's burst (a twentieth of a
+    // second) and the last block (sent into debt that is never repaid) wait for tokens.
+    assert!(
+        took >= 0.7 * paced,
+        "{took:.3} s: faster than the limit allows"
+    );
+    assert!(
+        took < paced * 1.5 + 1.0,
+        "{took:.3} s: far slower than the limit"
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 12, .. ProptestConfig::default() })]
+
+    /// Any swarm of honest owners, at any rates and latencies, with one of them perhaps
+    /// vanishing part-way, delivers the file intact.
+    #[test]
+    fn any_swarm_of_honest_owners_delivers_the_file_intact(
+        size in 1usize..(3 << 20),
+        piece_shift in 16u32..21,
+        owners in proptest::collection::vec((1u32..40, 1u64..60), 1..4),
+        down in 5u32..200,
+        vanish in proptest::option::of(0u64..100),
+        seed in any::<u64>(),
+    ) {
+        let file = file_bytes(size, seed);
+        let names = ["o1", "o2", "o3"];
+        let mut specs: Vec<Spec> = owners
+            .iter()
+            .zip(names)
+            .map(|(&(up, lat), name)| Spec {
+                piece_size: 1 << piece_shift,
+                ..owner(name, access(f64::from(up), 100.0, lat), &file)
+            })
+            .collect();
+        specs.push(downloader("dl", access(10.0, f64::from(down), 5)));
+        let ep = specs.len();
+        let mut swarm = Swarm::new(access(100.0, 100.0, 1), specs);
+        if let (Some(percent), true) = (vanish, owners.len() > 1) {
+            // The first owner goes once it sent that share of the file.
+            let share = size as u64 * percent / 100;
+            swarm.run_until(Duration::from_secs(60), |s| s.net.sent[1] > share);
+            swarm.kill(1);
+        }
+        let done = swarm.run_until(Duration::from_secs(300), |s| {
+            downloaded(s, ep, "f.bin") || failed(s, ep).is_some()
+        });
+        prop_assert!(done, "no result: {:?}", swarm.net.said);
+        prop_assert_eq!(failed(&swarm, ep), None);
+        let got = std::fs::read(swarm.node_dir(ep).join("f.bin")).expect("a downloaded copy");
+        prop_assert!(got == file, "the copy differs");
+    }
+}

@@ -1,0 +1,469 @@
+//! The swarm simulator: real `node::machine::Node`s and the real `TrackerState` on a
+//! simulated network, in simulated time.
+//!
+//! Every endpoint has an uplink and a downlink rate and an access latency; bytes leave a
+//! connection's output buffer in chunks over the sender's uplink (round robin between its
+//! connections), cross both latencies and queue on the receiver's downlink. Connects,
+//! graceful closes (output flushed first, then the peer sees its end) and drains follow the
+//! reactor's rules. Disk jobs run at once on the test's thread, in real tempdir folders.
+//! The clock is a value the event queue advances, so a swarm of megabytes takes
+//! milliseconds and never waits on the machine.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+pub use shoal::node::command::Command;
+use shoal::node::machine::{CloseReason, ConnId, Node, NodeIo};
+use shoal::node::NodeConfig;
+use shoal::storage::Folder;
+use shoal::tracker::{TrackerLimits, TrackerState};
+use shoal::wire::{self, Decoded, Limits};
+
+mod net;
+
+pub use net::{Access, Net};
+use net::{Event, Io, NODE_PORT, TRACKER_ADDR, TRACKER_CONGESTED};
+
+/// A node of the swarm, before it starts.
+pub struct Spec {
+    pub name: &'static str,
+    pub access: Access,
+    /// Files written into its folder and shared from the start: (name, bytes).
+    pub shares: Vec<(&'static str, Vec<u8>)>,
+    pub downloads: Vec<&'static str>,
+    pub piece_size: u32,
+    /// The node's own upload limit in bytes per second (`--max-upload-rate`), if any.
+    pub max_upload_rate: Option<u64>,
+}
+
+/// The tracker (endpoint 0), the nodes (1..), and the network between them.
+pub struct Swarm {
+    start: Instant,
+    pub net: Net,
+    pub tracker: TrackerState,
+    pub nodes: Vec<Node>,
+    dirs: Vec<tempfile::TempDir>,
+}
+
+impl Swarm {
+    pub fn new(tracker_access: Access, specs: Vec<Spec>) -> Swarm {
+        let now = Instant::now();
+        let count = specs.len() + 1;
+        let mut net = Net {
+            now,
+            access: vec![tracker_access],
+            addrs: HashMap::from([(TRACKER_ADDR, 0)]),
+            links: Vec::new(),
+            conns: vec![BTreeMap::new(); count],
+            next_conn: vec![0; count],
+            uplink_busy: vec![false; count],
+            down_free: vec![now; count],
+            cursor: vec![0; count],
+            queue: BinaryHeap::new(),
+            events: HashMap::new(),
+            seq: 0,
+            said: vec![Vec::new(); count],
+            sent: vec![0; count],
+            connects_to: vec![0; count],
+            done_at: vec![None; count],
+            stopped: vec![false; count],
+        };
+        let mut nodes = Vec::new();
+        let mut dirs = Vec::new();
+        for (i, spec) in specs.into_iter().enumerate() {
+            let ep = i + 1;
+            let ip = Ipv4Addr::new(10, 0, 1, ep as u8);
+            net.access.push(spec.access);
+            net.addrs
+                .insert(SocketAddr::new(IpAddr::V4(ip), NODE_PORT), ep);
+            let dir = tempfile::tempdir().expect("tempdir");
+            for (name, bytes) in &spec.shares {
+                std::fs::write(dir.path().join(name), bytes).expect("write a shared file");
+            }
+            let mut config = NodeConfig::new(spec.name);
+            config.tracker = TRACKER_ADDR;
+            config.dir = dir.path().to_owned();
+            config.piece_size = spec.piece_size;
+            config.max_upload_rate = spec.max_upload_rate;
+            config.uploads = spec.shares.iter().map(|(n, _)| n.to_string()).collect();
+            config.downloads = spec.downloads.iter().map(|n| n.to_string()).collect();
+            let folder = Folder::open(dir.path()).expect("folder");
+            let secret = folder.node_secret().expect("secret");
+            nodes.push(Node::new(config, folder, secret, NODE_PORT, now));
+            dirs.push(dir);
+        }
+        let mut swarm = Swarm {
+            start: now,
+            net,
+            tracker: TrackerState::new(TrackerLimits::default()),
+            nodes,
+            dirs,
+        };
+        for i in 0..swarm.nodes.len() {
+            let mut io = Io {
+                net: &mut swarm.net,
+                ep: i + 1,
+            };
+            swarm.nodes[i].handle_start(now, &mut io);
+        }
+        swarm.pump_all();
+        swarm
+    }
+
+    pub fn node_dir(&self, ep: usize) -> &Path {
+        self.dirs[ep - 1].path()
+    }
+
+    /// Simulated seconds from the start to when `ep` said it downloaded its file.
+    pub fn took(&self, ep: usize) -> Option<f64> {
+        let at = self.net.done_at[ep]?;
+        Some(at.saturating_duration_since(self.start).as_secs_f64())
+    }
+
+    /// Cuts `ep` off: its machine hears nothing more and every peer sees its connections reset.
+    pub fn kill(&mut self, ep: usize) {
+        self.net.stopped[ep] = true;
+        let links: Vec<(usize, usize)> = self.net.conns[ep].values().copied().collect();
+        for (link, side) in links {
+            self.net.links[link].ends[side].ended = true;
+            self.net.links[link].ends[side].out.clear();
+            let kind = std::io::ErrorKind::ConnectionReset;
+            let peer = 1 - side;
+            self.end_conn(link, peer, CloseReason::Error(kind));
+        }
+    }
+
+    /// The tracker comes back with empty tables, as a restarted process would.
+    pub fn restart_tracker(&mut self) {
+        self.tracker = TrackerState::new(TrackerLimits::default());
+        self.net.stopped[0] = false;
+    }
+
+    /// Runs a command on node `ep` as if typed.
+    pub fn command(&mut self, ep: usize, cmd: Command) {
+        let now = self.net.now;
+        let mut io = Io {
+            net: &mut self.net,
+            ep,
+        };
+        self.nodes[ep - 1].handle_command(now, cmd, &mut io);
+        self.pump_all();
+    }
+
+    fn pump_all(&mut self) {
+        for ep in 0..self.net.access.len() {
+            self.net.pump(ep);
+        }
+    }
+
+    /// The earliest timer of any machine.
+    fn next_timer(&mut self) -> Option<(Instant, usize)> {
+        let mut next = self.tracker.poll_timeout().map(|t| (t, 0));
+        for i in 0..self.nodes.len() {
+            let ep = i + 1;
+            if self.net.stopped[ep] {
+                continue;
+            }
+            let io = Io {
+                net: &mut self.net,
+                ep,
+            };
+            if let Some(t) = self.nodes[i].poll_timeout(&io) {
+                if next.is_none_or(|(n, _)| t < n) {
+                    next = Some((t, ep));
+                }
+            }
+        }
+        next
+    }
+
+    /// Runs events and timers in time order until `done` holds (true) or `limit` of simulated
+    /// time or a bounded number of steps pass (false).
+    pub fn run_until(&mut self, limit: Duration, mut done: impl FnMut(&Swarm) -> bool) -> bool {
+        let end = self.net.now + limit;
+        for _ in 0..5_000_000 {
+            if done(self) {
+                return true;
+            }
+            let event_at = self.net.queue.peek().map(|Reverse((t, _))| *t);
+            let timer = self.next_timer();
+            match (event_at, timer) {
+                (Some(e), Some((t, ep))) if t < e => self.fire_timer(t, ep),
+                (Some(e), _) => {
+                    if e > end {
+                        return false;
+                    }
+                    let Some(Reverse((t, seq))) = self.net.queue.pop() else {
+                        return false;
+                    };
+                    self.net.now = self.net.now.max(t);
+                    if let Some(event) = self.net.events.remove(&seq) {
+                        self.apply(event);
+                    }
+                }
+                (None, Some((t, ep))) => self.fire_timer(t, ep),
+                (None, None) => return false,
+            }
+            if self.net.now > end {
+                return false;
+            }
+            self.pump_all();
+        }
+        false
+    }
+
+    fn fire_timer(&mut self, t: Instant, ep: usize) {
+        self.net.now = self.net.now.max(t);
+        let now = self.net.now;
+        let mut io = Io {
+            net: &mut self.net,
+            ep,
+        };
+        if ep == 0 {
+            self.tracker.handle_timeout(now, &mut io);
+        } else {
+            self.nodes[ep - 1].handle_timeout(now, &mut io);
+        }
+    }
+
+    /// Feeds an end everything it has unread; keeps what it did not use.
+    fn deliver(&mut self, link: usize, side: usize) {
+        let end = &mut self.net.links[link].ends[side];
+        let (ep, Some(conn)) = (end.ep, end.conn) else {
+            return;
+        };
+        if end.ended || end.input.is_empty() || self.net.stopped[ep] {
+            return;
+        }
+        let input = std::mem::take(&mut end.input);
+        let now = self.net.now;
+        let mut io = Io {
+            net: &mut self.net,
+            ep,
+        };
+        let used = if ep == 0 {
+            tracker_data(&mut self.tracker, now, conn, &input, &mut io)
+        } else {
+            self.nodes[ep - 1].handle_data(now, conn, &input, &mut io)
+        };
+        let end = &mut self.net.links[link].ends[side];
+        let mut rest = input[used.min(input.len())..].to_vec();
+        rest.append(&mut end.input);
+        end.input = rest;
+    }
+
+    /// Tells an end's endpoint its connection ended.
+    fn end_conn(&mut self, link: usize, side: usize, reason: CloseReason) {
+        let end = &mut self.net.links[link].ends[side];
+        let (ep, Some(conn)) = (end.ep, end.conn) else {
+            return;
+        };
+        if end.ended {
+            return;
+        }
+        end.ended = true;
+        end.closing = true;
+        let now = self.net.now;
+        let mut io = Io {
+            net: &mut self.net,
+            ep,
+        };
+        if ep == 0 {
+            self.tracker.disconnected(now, conn.0);
+        } else if !io.net.stopped[ep] {
+            self.nodes[ep - 1].handle_closed(now, conn, reason, &mut io);
+        }
+    }
+
+    fn apply(&mut self, event: Event) {
+        let now = self.net.now;
+        match event {
+            Event::Accept(link) => {
+                let ep = self.net.links[link].ends[1].ep;
+                if self.net.stopped[ep] {
+                    self.net.links[link].ends[1].ended = true;
+                    let kind = std::io::ErrorKind::ConnectionRefused;
+                    self.end_conn(link, 0, CloseReason::ConnectFailed(kind));
+                    return;
+                }
+                let conn = self.net.new_conn(ep, link, 1);
+                let from = self.net.links[link].ends[0].ep;
+                let peer = self
+                    .net
+                    .addrs
+                    .iter()
+                    .find(|(_, &e)| e == from)
+                    .map(|(a, _)| SocketAddr::new(a.ip(), 50000 + link as u16))
+                    .unwrap_or(TRACKER_ADDR);
+                if ep == 0 {
+                    self.tracker.connected(now, conn.0, peer.ip());
+                } else {
+                    self.nodes[ep - 1].handle_accept(now, conn, peer);
+                }
+            }
+            Event::Connected(link) => {
+                let end = &self.net.links[link].ends[0];
+                let (ep, Some(conn)) = (end.ep, end.conn) else {
+                    return;
+                };
+                if end.ended || self.net.stopped[ep] {
+                    return;
+                }
+                let mut io = Io {
+                    net: &mut self.net,
+                    ep,
+                };
+                self.nodes[ep - 1].handle_connected(now, conn, &mut io);
+            }
+            Event::Refused(ep, conn) => {
+                if let Some(&(link, side)) = self.net.conns[ep].get(&conn) {
+                    let kind = std::io::ErrorKind::ConnectionRefused;
+                    self.end_conn(link, side, CloseReason::ConnectFailed(kind));
+                }
+            }
+            Event::Data(link, side, bytes) => {
+                let end = &mut self.net.links[link].ends[side];
+                if end.ended {
+                    return;
+                }
+                end.input.extend_from_slice(&bytes);
+                self.deliver(link, side);
+            }
+            Event::Fin(link, side) => self.end_conn(link, side, CloseReason::Eof),
+            Event::Closed(link, side) => self.end_conn(link, side, CloseReason::Closed),
+            Event::Drain(link, side) => {
+                let end = &self.net.links[link].ends[side];
+                let (ep, Some(conn)) = (end.ep, end.conn) else {
+                    return;
+                };
+                if end.ended || self.net.stopped[ep] {
+                    return;
+                }
+                let mut io = Io {
+                    net: &mut self.net,
+                    ep,
+                };
+                if ep == 0 {
+                    self.tracker.drained(conn.0, &mut io);
+                    self.deliver(link, side);
+                } else {
+                    self.nodes[ep - 1].handle_drain(now, conn, &mut io);
+                }
+            }
+            Event::Redeliver(link, side) => self.deliver(link, side),
+            Event::UplinkFree(ep) => self.net.uplink_busy[ep] = false,
+            Event::Disk(ep, done) => {
+                if self.net.stopped[ep] {
+                    return;
+                }
+                let mut io = Io {
+                    net: &mut self.net,
+                    ep,
+                };
+                self.nodes[ep - 1].handle_disk(now, done, &mut io);
+            }
+        }
+    }
+}
+
+/// The tracker's frame loop, as `tracker::run` has it.
+fn tracker_data(
+    state: &mut TrackerState,
+    now: Instant,
+    conn: ConnId,
+    input: &[u8],
+    io: &mut Io<'_>,
+) -> usize {
+    let limits = Limits::default();
+    let mut used = 0;
+    while used < input.len() {
+        if io.pending_out(conn) > TRACKER_CONGESTED {
+            break;
+        }
+        match wire::decode_frame(&input[used..], &limits) {
+            Ok(Decoded::Frame(msg, len)) => {
+                used += len;
+                state.handle(now, conn.0, &msg, io);
+            }
+            Ok(Decoded::NeedMore(_)) => break,
+            Err(_) => {
+                NodeIo::close(io, conn);
+                return input.len();
+            }
+        }
+    }
+    used
+}
+
+/// Deterministic bytes for a file: the same seed, the same file.
+pub fn file_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+pub fn access(up_mib: f64, down_mib: f64, latency_ms: u64) -> Access {
+    Access {
+        up: up_mib * f64::from(1 << 20),
+        down: down_mib * f64::from(1 << 20),
+        latency: Duration::from_millis(latency_ms),
+    }
+}
+
+pub fn downloaded(swarm: &Swarm, ep: usize, name: &str) -> bool {
+    let prefix = format!("downloaded {name} ");
+    swarm.net.said[ep].iter().any(|l| l.starts_with(&prefix))
+}
+
+pub fn failed(swarm: &Swarm, ep: usize) -> Option<&String> {
+    swarm.net.said[ep].iter().find(|l| l.contains("failed"))
+}
+
+pub fn node(name: &'static str, access: Access) -> Spec {
+    Spec {
+        name,
+        access,
+        shares: vec![],
+        downloads: vec![],
+        piece_size: 256 << 10,
+        max_upload_rate: None,
+    }
+}
+
+pub fn owner(name: &'static str, access: Access, file: &[u8]) -> Spec {
+    Spec {
+        shares: vec![("f.bin", file.to_vec())],
+        ..node(name, access)
+    }
+}
+
+pub fn downloader(name: &'static str, access: Access) -> Spec {
+    Spec {
+        downloads: vec!["f.bin"],
+        ..node(name, access)
+    }
+}
+
+/// Asserts node `ep` holds exactly `file` as f.bin.
+pub fn assert_same(swarm: &Swarm, ep: usize, file: &[u8]) {
+    assert_eq!(
+        failed(swarm, ep),
+        None,
+        "node {ep}: {:?}",
+        swarm.net.said[ep]
+    );
+    let got = std::fs::read(swarm.node_dir(ep).join("f.bin")).expect("a downloaded copy");
+    assert!(
+        got == file,
+        "node {ep}'s copy differs from the owner's file"
+    );
+}
