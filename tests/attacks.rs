@@ -561,3 +561,29 @@ fn control_characters_in_names_are_escaped_in_logs() {
         .collect();
     assert!(raw.is_empty(), "raw control characters logged: {raw:?}");
 }
+
+/// A downloader announcing a data-sized frame to an owner is refused from the header: the
+/// owner holds no megabyte buffer for it and serves on.
+#[test]
+fn an_oversized_frame_to_an_owner_is_refused_at_its_header() {
+    let tracker = Tracker::start();
+    let data = random_bytes(1 << 20);
+    let (owner, _dir) = start_owner(&tracker, "owner", "o.bin", &data, &["-v"]);
+    let mut hostile = TcpStream::connect(&owner.addr).expect("connect");
+    hostile
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    // "SH", version 1, Request, then a payload length of 1 MiB (a data frame's size).
+    let header = [0x53, 0x48, 1, 5, 0x00, 0x10, 0x00, 0x00];
+    hostile.write_all(&header).expect("write");
+    hostile.write_all(&[0u8; 512]).expect("write");
+    let mut reply = Vec::new();
+    let _ = hostile.read_to_end(&mut reply);
+    let text = String::from_utf8_lossy(&reply);
+    assert!(
+        text.contains("is over the limit of 4096"),
+        "no protocol error: {text:?}"
+    );
+    let (_, got) = download_and_exit(&tracker, "fine", "o.bin");
+    assert_same_file(got.path(), "o.bin", &data);
+}

@@ -49,6 +49,9 @@ const SERVE_TARGET: usize = 2 << 20;
 /// Pending output above which a serving connection's further requests stay unread until it
 /// drains: every reply (hashes, answers, errors) is bounded by what the peer actually reads.
 const SERVE_READ_STOP: usize = 4 << 20;
+/// Largest frame payload a downloader may send us: its biggest message, a size question,
+/// is a name of at most 255 bytes and a root.
+const MAX_SERVE_PAYLOAD: usize = 4 << 10;
 /// Longest wait between tracker reconnect attempts.
 const MAX_TRACKER_BACKOFF: Duration = Duration::from_secs(10);
 /// How often the node tells the tracker it is alive (the tracker closes silent links after 60 s).
@@ -282,8 +285,16 @@ impl Node {
         io: &mut dyn NodeIo,
     ) -> usize {
         self.now = now;
-        let limits = Limits::default();
         let serving = matches!(self.conns.get(&conn), Some(Role::Serve(..)));
+        // A downloader only ever sends us small frames (questions, requests): a bigger one
+        // is refused from its header, so it cannot make us hold a data-sized buffer.
+        let limits = if serving {
+            Limits {
+                max_payload: MAX_SERVE_PAYLOAD,
+            }
+        } else {
+            Limits::default()
+        };
         let mut used = 0;
         while used < input.len() {
             if serving && io.pending_out(conn) > SERVE_READ_STOP {
