@@ -92,6 +92,7 @@ fn config(max_peers: usize, small_verify_steps: bool) -> DownloadConfig {
         } else {
             DownloadConfig::default().verify_step_bytes
         },
+        ..DownloadConfig::default()
     }
 }
 

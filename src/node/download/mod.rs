@@ -129,6 +129,9 @@ pub struct DownloadConfig {
     pub endgame_after: Duration,
     /// Bytes of claimed pieces re-verified per step on resume.
     pub verify_step_bytes: u64,
+    /// Most pieces a version may have to be considered: its hashes (32 bytes each) and
+    /// piece tables are held in memory, and a layout is only a claim until verified.
+    pub max_pieces: u64,
 }
 
 impl Default for DownloadConfig {
@@ -143,6 +146,7 @@ impl Default for DownloadConfig {
             max_peers: 64,
             endgame_after: Duration::from_millis(300),
             verify_step_bytes: 32 << 20,
+            max_pieces: 1 << 20,
         }
     }
 }

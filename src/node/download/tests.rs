@@ -512,3 +512,28 @@ fn a_version_whose_hashes_hold_but_whose_pieces_never_do_is_given_up() {
         out.contacted
     );
 }
+
+#[test]
+fn a_layout_with_more_pieces_than_a_download_takes_is_never_tried() {
+    let real = file(2 * PIECE as usize, 9);
+    let info = info_of(&real);
+    let pieces = DownloadConfig::default().max_pieces + 1;
+    let huge = FileInfo {
+        size: pieces * u64::from(PIECE),
+        piece_size: PIECE,
+        root: [0x77; 32],
+    };
+    let owners = [
+        owner(1, huge, &real, Acts::Silent),
+        owner(2, huge, &real, Acts::Silent),
+        owner(3, info, &real, Acts::Honest),
+    ];
+    let out = run(download(), &owners, Duration::from_secs(60));
+    assert_eq!(out.end, Some(Notice::Complete));
+    assert_eq!(out.bytes, real);
+    assert_eq!(
+        out.contacted,
+        vec![owners[2].addr],
+        "the huge layout was tried"
+    );
+}

@@ -93,8 +93,18 @@ impl<S: PartStore> Download<S> {
     /// Keeps the owners a new list names that this download may use.
     pub(super) fn remember_owners(&mut self, owners: &[Owner<'_>]) {
         self.heard_owners = true;
+        let max_pieces = self.config.max_pieces;
+        if let Some(huge) = owners.iter().find(|o| o.info.piece_count() > max_pieces) {
+            log::warn!(
+                "{}: ignoring version {}: {} pieces, more than the {max_pieces} a download takes",
+                self.name,
+                short_hex(&huge.info.root),
+                huge.info.piece_count()
+            );
+        }
         self.listed = owners
             .iter()
+            .filter(|o| o.info.piece_count() <= max_pieces)
             .filter(|o| o.node_name != self.my_name && empty_root_holds(&o.info))
             .filter(|o| self.pin.as_ref().is_none_or(|p| p.matches(&o.info.root)))
             .map(|o| Listed {
