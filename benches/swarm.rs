@@ -8,7 +8,8 @@
 //! upload rate against R.
 //!
 //! `cargo bench --bench swarm` runs the 16-downloader crowd (64 MiB, 8 MiB/s) and
-//! the 2-downloader case (20 MiB/s). `SHOAL_SWARM=N:SIZE_MIB:RATE_MIB` runs one crowd.
+//! the 2-downloader case (20 MiB/s). `SHOAL_SWARM=N:SIZE_MIB:RATE_MIB` runs one crowd;
+//! `SHOAL_SWARM_PIECE=256K` makes the owner share the file in pieces of that size (default 1M).
 
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
@@ -140,6 +141,9 @@ fn crowd(downloaders: usize, size_mib: u64, rate_mib: u64) -> (Vec<f64>, u64) {
     write_file(&data, size_mib << 20);
     let mut args = node_args("owner", &tracker_addr, &owner_dir, rate_mib);
     args.extend(["--upload".into(), "f.bin".into()]);
+    if let Ok(piece) = std::env::var("SHOAL_SWARM_PIECE") {
+        args.extend(["--piece-size".into(), piece]);
+    }
     let (owner, _, _) = spawn_until(NODE, &args, "sharing f.bin");
 
     let start = Instant::now();
@@ -149,7 +153,8 @@ fn crowd(downloaders: usize, size_mib: u64, rate_mib: u64) -> (Vec<f64>, u64) {
         let dir = root.path().join(format!("d{i}"));
         fs::create_dir_all(&dir).expect("dir");
         let mut args = node_args(&format!("d{i}"), &tracker_addr, &dir, rate_mib);
-        args.extend(["--download".into(), "f.bin".into()]);
+        // `-v`: the per-owner byte count is an info line, below the default level.
+        args.extend(["-v".into(), "--download".into(), "f.bin".into()]);
         let (proc, _, lines) = spawn_until(NODE, &args, "node ");
         let tx = done_tx.clone();
         thread::spawn(move || {
