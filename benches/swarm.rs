@@ -158,12 +158,15 @@ fn crowd(downloaders: usize, size_mib: u64, rate_mib: u64) -> (Vec<f64>, u64) {
         let (proc, _, lines) = spawn_until(NODE, &args, "node ");
         let tx = done_tx.clone();
         thread::spawn(move || {
-            let mut done = None;
+            // The result (stdout) and the byte count (stderr) come through two pipes: either
+            // may arrive first.
+            let (mut done, mut from_owner) = (None, None);
             for line in lines.iter() {
                 if line.starts_with("downloaded f.bin") {
                     done = Some(start.elapsed().as_secs_f64());
                 }
-                if let (Some(at), Some(from_owner)) = (done, bytes_from(&line, "owner")) {
+                from_owner = from_owner.or_else(|| bytes_from(&line, "owner"));
+                if let (Some(at), Some(from_owner)) = (done, from_owner) {
                     let _ = tx.send((at, from_owner));
                     return;
                 }
