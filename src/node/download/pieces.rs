@@ -2,6 +2,10 @@
 
 use super::*;
 
+/// Requests of each complete owner looked at for a partial owner to take over: the scan
+/// runs on every delivery, so it is bounded, and it starts from the latest asked.
+const STEAL_SCAN: usize = 64;
+
 impl<S: PartStore> Download<S> {
     /// Re-verifies up to `verify_step_bytes` of claimed pieces; moves on to fetching when done.
     pub(super) fn verify_step(&mut self, now: Instant, io: &mut dyn PeerIo) {
@@ -241,16 +245,15 @@ impl<S: PartStore> Download<S> {
         if self.phase != Phase::Pieces {
             return;
         }
-        let (Some(info), Some(picker)) = (self.info, self.picker.as_ref()) else {
+        let Some(info) = self.info.filter(|_| self.picker.is_some()) else {
             return;
         };
-        let pieces = picker.have().len();
         let (complete, partial): (Vec<SlotId>, Vec<SlotId>) = self
             .peers
             .iter()
             .filter(|(_, p)| p.phase == PeerPhase::Ready)
             .map(|(&slot, _)| slot)
-            .partition(|slot| self.peers[slot].has.count() == pieces);
+            .partition(|slot| self.peers[slot].has.is_full());
         let layout = layout_of(info);
         for slot in partial {
             self.fill_one(now, slot, layout, info.root, io);
@@ -320,20 +323,20 @@ impl<S: PartStore> Download<S> {
         root: RootHash,
         io: &mut dyn PeerIo,
     ) {
-        let Some(picker) = self.picker.as_ref() else {
-            return;
-        };
-        let pieces = picker.have().len();
-        let Some(taker) = self.peers.get(&slot) else {
+        let (Some(picker), Some(taker)) = (self.picker.as_ref(), self.peers.get(&slot)) else {
             return;
         };
         let mut room = taker.window().saturating_sub(taker.outstanding_bytes);
+        if room == 0 {
+            return;
+        }
         let mut moved: Vec<(SlotId, Outstanding)> = Vec::new();
         'owners: for (&from, peer) in &self.peers {
-            if from == slot || peer.phase != PeerPhase::Ready || peer.has.count() != pieces {
+            if from == slot || peer.phase != PeerPhase::Ready || !peer.has.is_full() {
                 continue;
             }
-            for r in &peer.requests {
+            // The last asked are the least likely to be on their way already.
+            for r in peer.requests.iter().rev().take(STEAL_SCAN) {
                 if room == 0 {
                     break 'owners;
                 }
