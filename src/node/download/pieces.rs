@@ -240,7 +240,7 @@ impl<S: PartStore> Download<S> {
     /// Partial owners (other downloaders) are asked first, so a piece the crowd already holds
     /// is taken from the crowd and a complete owner's upload goes to pieces only it has; a
     /// partial owner with room and nothing left to pick takes over a piece waiting at a
-    /// complete owner (see [`Download::steal_from_complete`]).
+    /// complete owner (`steal_from_complete`).
     pub(super) fn fill(&mut self, now: Instant, io: &mut dyn PeerIo) {
         if self.phase != Phase::Pieces {
             return;
@@ -257,7 +257,7 @@ impl<S: PartStore> Download<S> {
         let layout = layout_of(info);
         for slot in partial {
             self.fill_one(now, slot, layout, info.root, io);
-            self.steal_from_complete(slot, layout, info.root, io);
+            self.steal_from_complete(now, slot, layout, info.root, io);
         }
         for slot in complete {
             self.fill_one(now, slot, layout, info.root, io);
@@ -318,6 +318,7 @@ impl<S: PartStore> Download<S> {
     /// the complete owner had sent it already either way.
     fn steal_from_complete(
         &mut self,
+        now: Instant,
         slot: SlotId,
         layout: Layout,
         root: RootHash,
@@ -357,6 +358,7 @@ impl<S: PartStore> Download<S> {
                 taker.outstanding_bytes += u64::from(r.len);
                 taker.requests.push_back(r);
             }
+            self.asked_at.insert(r.piece, now);
         }
     }
 }
