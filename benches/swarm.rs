@@ -8,7 +8,8 @@
 //! upload rate against R.
 //!
 //! `cargo bench --bench swarm` runs the 16-downloader crowd (64 MiB, 8 MiB/s) and
-//! the 2-downloader case (20 MiB/s). `SHOAL_SWARM=N:SIZE_MIB:RATE_MIB` runs one crowd.
+//! the 2-downloader case (20 MiB/s). `SHOAL_SWARM=N:SIZE_MIB:RATE_MIB` runs one crowd;
+//! `SHOAL_SWARM_PIECE=256K` makes the owner share the file in pieces of that size (default 1M).
 
 // The swarm runs real processes; of the shared helpers it needs only the file generator.
 #[allow(dead_code)]
@@ -126,6 +127,9 @@ fn crowd(downloaders: usize, size_mib: u64, rate_mib: u64) -> (Vec<f64>, u64) {
     support::generate(&data, size_mib << 20, 0).expect("write the file");
     let mut args = node_args("owner", &tracker_addr, &owner_dir, rate_mib);
     args.extend(["--upload".into(), "f.bin".into()]);
+    if let Ok(piece) = std::env::var("SHOAL_SWARM_PIECE") {
+        args.extend(["--piece-size".into(), piece]);
+    }
     let (owner, _, _) = spawn_until(NODE, &args, "sharing f.bin");
 
     let start = Instant::now();
@@ -135,16 +139,20 @@ fn crowd(downloaders: usize, size_mib: u64, rate_mib: u64) -> (Vec<f64>, u64) {
         let dir = root.path().join(format!("d{i}"));
         fs::create_dir_all(&dir).expect("dir");
         let mut args = node_args(&format!("d{i}"), &tracker_addr, &dir, rate_mib);
-        args.extend(["--download".into(), "f.bin".into()]);
+        // `-v`: the per-owner byte count is an info line, below the default level.
+        args.extend(["-v".into(), "--download".into(), "f.bin".into()]);
         let (proc, _, lines) = spawn_until(NODE, &args, "node ");
         let tx = done_tx.clone();
         thread::spawn(move || {
-            let mut done = None;
+            // The result (stdout) and the byte count (stderr) come through two pipes: either
+            // may arrive first.
+            let (mut done, mut from_owner) = (None, None);
             for line in lines.iter() {
                 if line.starts_with("downloaded f.bin") {
                     done = Some(start.elapsed().as_secs_f64());
                 }
-                if let (Some(at), Some(from_owner)) = (done, bytes_from(&line, "owner")) {
+                from_owner = from_owner.or_else(|| bytes_from(&line, "owner"));
+                if let (Some(at), Some(from_owner)) = (done, from_owner) {
                     let _ = tx.send((at, from_owner));
                     return;
                 }

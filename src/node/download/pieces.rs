@@ -2,6 +2,10 @@
 
 use super::*;
 
+/// Requests of each complete owner looked at for a partial owner to take over: the scan
+/// runs on every delivery, so it is bounded, and it starts from the latest asked.
+const STEAL_SCAN: usize = 64;
+
 impl<S: PartStore> Download<S> {
     /// Re-verifies up to `verify_step_bytes` of claimed pieces; moves on to fetching when done.
     pub(super) fn verify_step(&mut self, now: Instant, io: &mut dyn PeerIo) {
@@ -239,49 +243,130 @@ impl<S: PartStore> Download<S> {
     }
 
     /// Keeps every ready owner's pipeline full: rarest pieces first, endgame copies at the end.
+    ///
+    /// Partial owners (other downloaders) are asked first, so a piece the crowd already holds
+    /// is taken from the crowd and a complete owner's upload goes to pieces only it has; a
+    /// partial owner with room and nothing left to pick takes over a piece waiting at a
+    /// complete owner (`steal_from_complete`).
     pub(super) fn fill(&mut self, now: Instant, io: &mut dyn PeerIo) {
         if self.phase != Phase::Pieces {
             return;
         }
-        let (Some(info), Some(picker)) = (self.info, self.picker.as_mut()) else {
+        let Some(info) = self.info.filter(|_| self.picker.is_some()) else {
             return;
         };
+        let (complete, partial): (Vec<SlotId>, Vec<SlotId>) = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.phase == PeerPhase::Ready)
+            .map(|(&slot, _)| slot)
+            .partition(|slot| self.peers[slot].has.is_full());
         let layout = layout_of(info);
-        for (&slot, peer) in self.peers.iter_mut() {
-            if peer.phase != PeerPhase::Ready {
+        for slot in partial {
+            self.fill_one(now, slot, layout, info.root, io);
+            self.steal_from_complete(now, slot, layout, info.root, io);
+        }
+        for slot in complete {
+            self.fill_one(now, slot, layout, info.root, io);
+        }
+    }
+
+    /// Tops up one owner's pipeline from the picker.
+    fn fill_one(
+        &mut self,
+        now: Instant,
+        slot: SlotId,
+        layout: Layout,
+        root: RootHash,
+        io: &mut dyn PeerIo,
+    ) {
+        let (Some(picker), Some(peer)) = (self.picker.as_mut(), self.peers.get_mut(&slot)) else {
+            return;
+        };
+        while peer.outstanding_bytes < peer.window() {
+            let piece = match picker.pick(&peer.has) {
+                Some(piece) => {
+                    self.asked_at.insert(piece, now);
+                    piece
+                }
+                // Endgame: only an owner with nothing left to do takes a copy of a piece
+                // another owner has held for a while, one at a time, so copies stay few,
+                // go to whoever is free, and only chase pieces that are late.
+                None if peer.requests.is_empty() => {
+                    let asked_at = &self.asked_at;
+                    let patience = self.config.endgame_after;
+                    let not_yet = |p: u32| {
+                        layout.piece_len(p) > MAX_BLOCK_LEN
+                            || asked_at
+                                .get(&p)
+                                .is_some_and(|&t| now.saturating_duration_since(t) < patience)
+                    };
+                    match picker.pick_duplicate(&peer.has, not_yet) {
+                        Some(piece) => piece,
+                        None => break,
+                    }
+                }
+                None => break,
+            };
+            for block in blocks_of(layout, piece) {
+                io.send(slot, &Message::Request(request_of(root, &block)));
+                peer.outstanding_bytes += u64::from(block.len);
+                peer.requests.push_back(block);
+            }
+        }
+    }
+
+    /// A partial owner at `slot` with room takes over single-block pieces it holds that are
+    /// asked of a complete owner alone: they are cancelled there. A complete owner (the
+    /// original seed above all) is the only source of pieces nobody else has yet; every
+    /// piece it sends that the crowd could have forwarded delays those.
+    ///
+    /// If the cancel comes too late the block still arrives and is dropped as unrequested;
+    /// the complete owner had sent it already either way.
+    fn steal_from_complete(
+        &mut self,
+        now: Instant,
+        slot: SlotId,
+        layout: Layout,
+        root: RootHash,
+        io: &mut dyn PeerIo,
+    ) {
+        let (Some(picker), Some(taker)) = (self.picker.as_ref(), self.peers.get(&slot)) else {
+            return;
+        };
+        let mut room = taker.window().saturating_sub(taker.outstanding_bytes);
+        if room == 0 {
+            return;
+        }
+        let mut moved: Vec<(SlotId, Outstanding)> = Vec::new();
+        'owners: for (&from, peer) in &self.peers {
+            if from == slot || peer.phase != PeerPhase::Ready || !peer.has.is_full() {
                 continue;
             }
-            while peer.outstanding_bytes < peer.window() {
-                let piece = match picker.pick(&peer.has) {
-                    Some(piece) => {
-                        self.asked_at.insert(piece, now);
-                        piece
-                    }
-                    // Endgame: only an owner with nothing left to do takes a copy of a piece
-                    // another owner has held for a while, one at a time, so copies stay few,
-                    // go to whoever is free, and only chase pieces that are late.
-                    None if peer.requests.is_empty() => {
-                        let asked_at = &self.asked_at;
-                        let patience = self.config.endgame_after;
-                        let not_yet = |p: u32| {
-                            layout.piece_len(p) > MAX_BLOCK_LEN
-                                || asked_at
-                                    .get(&p)
-                                    .is_some_and(|&t| now.saturating_duration_since(t) < patience)
-                        };
-                        match picker.pick_duplicate(&peer.has, not_yet) {
-                            Some(piece) => piece,
-                            None => break,
-                        }
-                    }
-                    None => break,
-                };
-                for block in blocks_of(layout, piece) {
-                    io.send(slot, &Message::Request(request_of(info.root, &block)));
-                    peer.outstanding_bytes += u64::from(block.len);
-                    peer.requests.push_back(block);
+            // The last asked are the least likely to be on their way already.
+            for r in peer.requests.iter().rev().take(STEAL_SCAN) {
+                if room == 0 {
+                    break 'owners;
+                }
+                let single = r.offset == 0 && r.len == layout.piece_len(r.piece);
+                if single && picker.copies(r.piece) == 1 && taker.has.get(r.piece) {
+                    moved.push((from, *r));
+                    room = room.saturating_sub(u64::from(r.len));
                 }
             }
+        }
+        for (from, r) in moved {
+            if let Some(peer) = self.peers.get_mut(&from) {
+                io.send(from, &Message::Cancel(request_of(root, &r)));
+                peer.excused_bytes += u64::from(r.len);
+                peer.forget_piece(r.piece);
+            }
+            if let Some(taker) = self.peers.get_mut(&slot) {
+                io.send(slot, &Message::Request(request_of(root, &r)));
+                taker.outstanding_bytes += u64::from(r.len);
+                taker.requests.push_back(r);
+            }
+            self.asked_at.insert(r.piece, now);
         }
     }
 }

@@ -537,3 +537,161 @@ fn a_layout_with_more_pieces_than_a_download_takes_is_never_tried() {
         "the huge layout was tried"
     );
 }
+
+/// The frames `io` holds for `slot`, decoded, and `io` emptied of them.
+fn frames_to(io: &mut Io, slot: SlotId) -> Vec<Vec<u8>> {
+    let (mine, rest) = std::mem::take(&mut io.sent)
+        .into_iter()
+        .partition(|(s, _)| *s == slot);
+    io.sent = rest;
+    mine.into_iter().map(|(_, f)| f).collect()
+}
+
+fn decoded(frame: &[u8]) -> Message<'_> {
+    match decode_frame(frame, &Limits::default()) {
+        Ok(Decoded::Frame(msg, _)) => msg,
+        other => panic!("the download sent a bad frame: {other:?}"),
+    }
+}
+
+/// A download connected to a complete owner `seed` and a partial owner `peer` holding
+/// `peer_has`, with its first piece requests in `io`; returns the two slots.
+fn seed_and_partial(
+    dl: &mut Download<MemStore>,
+    io: &mut Io,
+    data: &[u8],
+    peer_has: &[u32],
+) -> (SlotId, SlotId) {
+    let now = Instant::now();
+    let info = info_of(data);
+    let seed = owner(1, info, data, Acts::Honest);
+    let peer = owner(2, info, data, Acts::Honest);
+    let listed: Vec<Owner<'_>> = [(&seed, true), (&peer, false)]
+        .iter()
+        .map(|(o, complete)| Owner {
+            node_name: &o.name,
+            addr: o.addr,
+            info: o.info,
+            complete: *complete,
+        })
+        .collect();
+    dl.on_owners(now, &listed, io);
+    let slot_of = |addr| {
+        io.connects
+            .iter()
+            .find(|(_, a)| *a == addr)
+            .map(|(s, _)| *s)
+            .expect("both owners are connected")
+    };
+    let (seed_slot, peer_slot) = (slot_of(seed.addr), slot_of(peer.addr));
+    let pieces = layout_of(info).piece_count();
+    let mut partial = Bitfield::new(pieces);
+    for &p in peer_has {
+        partial.set(p);
+    }
+    for (slot, has) in [(seed_slot, Bitfield::full(pieces)), (peer_slot, partial)] {
+        dl.on_connected(now, slot, io);
+        let answer = Message::SizeInformation(SizeInformation::Answer {
+            name: "f",
+            info,
+            have: has.as_bytes(),
+        });
+        dl.on_message(now, slot, &answer, io);
+    }
+    // The seed is the hash source: answer its hash requests.
+    let hashes: Vec<Hash> = data.chunks(PIECE as usize).map(hash_piece).collect();
+    for frame in frames_to(io, seed_slot) {
+        if let Message::HashRequest { root, first, count } = decoded(&frame) {
+            let got = &hashes[first as usize..(first + count) as usize];
+            let msg = Message::Hashes {
+                root,
+                first,
+                hashes: got.as_flattened(),
+            };
+            dl.on_message(now, seed_slot, &msg, io);
+        }
+    }
+    let Some(Notice::NeedStore { info }) = dl.poll_notice() else {
+        panic!("the layout is verified");
+    };
+    // The size questions are answered: only what attaching brings (piece requests) stays.
+    io.sent.clear();
+    dl.attach_store(
+        now,
+        MemStore::new(info.size),
+        &vec![false; pieces as usize],
+        io,
+    );
+    (seed_slot, peer_slot)
+}
+
+#[test]
+fn a_piece_waiting_at_the_seed_moves_to_a_partial_owner_that_gains_it() {
+    let data = file(8 * PIECE as usize, 3);
+    let info = info_of(&data);
+    let mut dl = download();
+    let mut io = Io::default();
+    let (seed, peer) = seed_and_partial(&mut dl, &mut io, &data, &[]);
+    let asked = requested_pieces(&mut io, seed);
+    assert!(!asked.is_empty(), "the seed is asked for pieces");
+    assert!(
+        frames_to(&mut io, peer).is_empty(),
+        "the partial owner has nothing yet"
+    );
+
+    // The partial owner (another downloader) verified one of them: it is fetched there instead.
+    let moved = asked[asked.len() - 1];
+    let have = Message::HavePiece {
+        root: info.root,
+        piece: moved,
+    };
+    dl.on_message(Instant::now(), peer, &have, &mut io);
+    let to_seed: Vec<Vec<u8>> = frames_to(&mut io, seed);
+    let cancelled: Vec<u32> = to_seed
+        .iter()
+        .filter_map(|f| match decoded(f) {
+            Message::Cancel(r) => Some(r.piece),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(cancelled, [moved], "withdrawn from the seed");
+    let to_peer: Vec<Vec<u8>> = frames_to(&mut io, peer);
+    let requested: Vec<BlockRequest> = to_peer
+        .iter()
+        .filter_map(|f| match decoded(f) {
+            Message::Request(r) => Some(r),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(requested.len(), 1);
+    assert_eq!(requested[0].piece, moved);
+    assert_eq!(requested[0].len, PIECE);
+    // Only once: the seed is not asked for it again.
+    assert!(to_seed
+        .iter()
+        .all(|f| !matches!(decoded(f), Message::Request(r) if r.piece == moved)));
+}
+
+/// The pieces requested of `slot` in `io` (taken out of it).
+fn requested_pieces(io: &mut Io, slot: SlotId) -> Vec<u32> {
+    let mut pieces: Vec<u32> = frames_to(io, slot)
+        .iter()
+        .filter_map(|f| match decoded(f) {
+            Message::Request(r) => Some(r.piece),
+            _ => None,
+        })
+        .collect();
+    pieces.sort();
+    pieces
+}
+
+#[test]
+fn the_seed_is_asked_only_for_pieces_no_partial_owner_holds() {
+    let data = file(8 * PIECE as usize, 4);
+    let mut dl = download();
+    let mut io = Io::default();
+    let (seed, peer) = seed_and_partial(&mut dl, &mut io, &data, &[0, 2, 4, 6]);
+    // Both have room for the whole file; the crowd's pieces come from the crowd.
+    assert_eq!(requested_pieces(&mut io, peer), [0, 2, 4, 6]);
+    assert_eq!(requested_pieces(&mut io, seed), [1, 3, 5, 7]);
+}
