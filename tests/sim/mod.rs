@@ -75,7 +75,13 @@ impl Swarm {
         let mut dirs = Vec::new();
         for (i, spec) in specs.into_iter().enumerate() {
             let ep = i + 1;
-            let ip = Ipv4Addr::new(10, 0, 1, ep as u8);
+            // 10.0.1.1 to 10.0.1.254, then 10.0.2.1...: distinct for any swarm a test builds.
+            let ip = Ipv4Addr::new(
+                10,
+                0,
+                1 + ((ep - 1) / 254) as u8,
+                ((ep - 1) % 254 + 1) as u8,
+            );
             net.access.push(spec.access);
             net.addrs
                 .insert(SocketAddr::new(IpAddr::V4(ip), NODE_PORT), ep);
