@@ -8,7 +8,8 @@
 //! times are printed, never asserted.
 //!
 //! `cargo test --release --test swarm_tables -- --ignored --nocapture --test-threads 1`
-//! prints the 16, 100 and 1,000-node tables.
+//! prints the 16, 100 and 1,000-node tables (8 MiB in 256 KiB pieces; `SHOAL_TABLE_MIB` and
+//! `SHOAL_TABLE_PIECE_KIB` change them).
 
 // Each test binary uses its own part of the simulator.
 #[allow(dead_code)]
@@ -36,6 +37,9 @@ enum Variant {
     Leavers,
     /// A second owner announces the same file but serves corrupt bytes.
     Liar,
+    /// R is each node's own `--max-upload-rate` on a link four times faster, as in the
+    /// swarm bench, instead of the link's rate.
+    Paced,
 }
 
 /// One crowd's figures.
@@ -49,6 +53,7 @@ struct Table {
     sim_secs: f64,
     wall: Duration,
     left: usize,
+    failed: usize,
 }
 
 /// A name that lives as long as the swarm needs it: `Spec` takes `&'static str`, and a
@@ -57,11 +62,17 @@ fn name(prefix: &str, i: usize) -> &'static str {
     Box::leak(format!("{prefix}{i}").into_boxed_str())
 }
 
-fn crowd(downloaders: usize, file_len: usize, piece_size: u32, variant: Variant) -> Table {
+fn crowd(title: &str, downloaders: usize, file_len: usize, piece_size: u32, variant: Variant) {
     let file = file_bytes(file_len, 0x5EED + downloaders as u64);
-    let link = access(RATE_MIB, DOWN_MIB, LATENCY_MS);
+    let paced = variant == Variant::Paced;
+    let link = match paced {
+        true => access(4.0 * RATE_MIB, DOWN_MIB, LATENCY_MS),
+        false => access(RATE_MIB, DOWN_MIB, LATENCY_MS),
+    };
+    let limit = paced.then_some((RATE_MIB * f64::from(1 << 20)) as u64);
     let mut specs = vec![Spec {
         piece_size,
+        max_upload_rate: limit,
         ..owner("seed", link, &file)
     }];
     let liar = variant == Variant::Liar;
@@ -74,6 +85,7 @@ fn crowd(downloaders: usize, file_len: usize, piece_size: u32, variant: Variant)
     let first = specs.len() + 1;
     specs.extend((0..downloaders).map(|i| Spec {
         piece_size,
+        max_upload_rate: limit,
         ..downloader(name("dl", i), link)
     }));
     let eps: Vec<usize> = (first..first + downloaders).collect();
@@ -123,24 +135,33 @@ fn crowd(downloaders: usize, file_len: usize, piece_size: u32, variant: Variant)
         }
     }
     let wall = wall.elapsed();
-    let mut took: Vec<f64> = Vec::new();
-    for &ep in eps.iter().filter(|ep| !left.contains(*ep)) {
-        assert_same(&swarm, ep, &file);
-        took.push(swarm.took(ep).expect("a completion time"));
-    }
+    let stayed: Vec<usize> = eps
+        .iter()
+        .copied()
+        .filter(|ep| !left.contains(ep))
+        .collect();
+    let mut took: Vec<f64> = stayed.iter().filter_map(|&ep| swarm.took(ep)).collect();
     took.sort_by(f64::total_cmp);
     let ideal = file_len as f64 / (RATE_MIB * f64::from(1 << 20));
     let last = took.last().copied().unwrap_or(f64::NAN);
-    Table {
+    let table = Table {
         downloaders,
         file: file_len,
         ideal,
         last: last / ideal,
-        median: took[took.len() / 2] / ideal,
+        median: took.get(took.len() / 2).copied().unwrap_or(f64::NAN) / ideal,
         owner_sent: swarm.net.sent[1],
         sim_secs: last,
         wall,
         left: left.len(),
+        failed: stayed.len() - took.len(),
+    };
+    print(title, piece_size, &table);
+    if let Some(ep) = stayed.iter().copied().find(|&ep| swarm.took(ep).is_none()) {
+        eprintln!("first failure, node {ep}: {:?}", swarm.net.said[ep]);
+    }
+    for ep in stayed {
+        assert_same(&swarm, ep, &file);
     }
 }
 
@@ -155,7 +176,7 @@ fn print(title: &str, piece_size: u32, t: &Table) {
         "| N | F/R | last/(F/R) | median/(F/R) | owner sent/F | sim time | wall time | left |"
     );
     eprintln!(
-        "| {} | {:.2} s | {:.3} | {:.3} | {:.2} | {:.2} s | {:.1} s | {} |",
+        "| {} | {:.2} s | {:.3} | {:.3} | {:.2} | {:.2} s | {:.1} s | {} | {} |",
         t.downloaders,
         t.ideal,
         t.last,
@@ -163,21 +184,27 @@ fn print(title: &str, piece_size: u32, t: &Table) {
         t.owner_sent as f64 / t.file as f64,
         t.sim_secs,
         t.wall.as_secs_f64(),
-        t.left
+        t.left,
+        t.failed
     );
 }
 
 fn table(title: &str, downloaders: usize, variant: Variant) {
-    let (file, piece) = (8 << 20, 256 << 10);
-    let t = crowd(downloaders, file, piece, variant);
-    print(title, piece, &t);
+    let mib = |var: &str, default: usize| {
+        std::env::var(var)
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(default)
+    };
+    let file = mib("SHOAL_TABLE_MIB", 8) << 20;
+    let piece = (mib("SHOAL_TABLE_PIECE_KIB", 256) << 10) as u32;
+    crowd(title, downloaders, file, piece, variant);
 }
 
 #[test]
 fn a_small_crowd_of_four_ends_with_identical_copies() {
     let piece = 64 << 10;
-    let t = crowd(4, 1 << 20, piece, Variant::Plain);
-    print("small crowd", piece, &t);
+    crowd("small crowd", 4, 2 << 20, piece, Variant::Plain);
 }
 
 #[test]
@@ -208,4 +235,22 @@ fn table_100_downloaders_a_quarter_leaving() {
 #[ignore = "a table: run with --release -- --ignored --nocapture"]
 fn table_100_downloaders_and_a_liar() {
     table("beside a lying owner", 100, Variant::Liar);
+}
+
+#[test]
+#[ignore = "a table: run with --release -- --ignored --nocapture"]
+fn table_16_downloaders_paced() {
+    table("paced by --max-upload-rate", 16, Variant::Paced);
+}
+
+#[test]
+#[ignore = "a table: run with --release -- --ignored --nocapture"]
+fn table_100_downloaders_paced() {
+    table("paced by --max-upload-rate", 100, Variant::Paced);
+}
+
+#[test]
+#[ignore = "a table: run with --release -- --ignored --nocapture"]
+fn table_1000_downloaders_paced() {
+    table("paced by --max-upload-rate", 1000, Variant::Paced);
 }
