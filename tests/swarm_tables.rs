@@ -10,6 +10,15 @@
 //! `cargo test --release --test swarm_tables -- --ignored --nocapture --test-threads 1`
 //! prints the 16, 100 and 1,000-node tables (8 MiB in 256 KiB pieces; `SHOAL_TABLE_MIB` and
 //! `SHOAL_TABLE_PIECE_KIB` change them).
+//!
+//! What the tables showed when written (8 MiB, 256 KiB pieces, R = 8 MiB/s): with R the
+//! link's rate, the owner sends the file about N/8 times and everyone ends together near
+//! that, because it queues up to 2 MiB of replies on each of N connections before the
+//! crowd can take pieces over; at 1,000 its uplink split a thousand ways completes no
+//! piece within the 30 s no-progress limit and every download fails. With R as each
+//! node's `--max-upload-rate` (the bench's setting) the queues stay short: 1.7x at 16,
+//! 3.1x at 100, 16x at 1,000. Known sim limits: no receive window (a receiver's downlink
+//! queues without bound), so a 1,000-node table holds several GiB.
 
 // Each test binary uses its own part of the simulator.
 #[allow(dead_code)]
@@ -173,7 +182,7 @@ fn print(title: &str, piece_size: u32, t: &Table) {
         piece_size >> 10
     );
     eprintln!(
-        "| N | F/R | last/(F/R) | median/(F/R) | owner sent/F | sim time | wall time | left |"
+        "| N | F/R | last/(F/R) | median/(F/R) | owner sent/F | sim time | wall time | left | failed |"
     );
     eprintln!(
         "| {} | {:.2} s | {:.3} | {:.3} | {:.2} | {:.2} s | {:.1} s | {} | {} |",
