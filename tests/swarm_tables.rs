@@ -106,7 +106,17 @@ fn crowd(title: &str, downloaders: usize, file_len: usize, piece_size: u32, vari
         // The liar published the true file's hashes; from now on it serves other bytes.
         let path = swarm.node_dir(2).join("f.bin");
         let bad: Vec<u8> = file.iter().map(|b| !b).collect();
+        // Its modification time is put back, or the liar would see the change and stop
+        // sharing the file instead of lying.
+        let mtime = std::fs::metadata(&path)
+            .and_then(|m| m.modified())
+            .expect("the liar's copy");
         std::fs::write(&path, bad).expect("corrupt the liar's copy");
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .and_then(|f| f.set_modified(mtime))
+            .expect("restore the liar's mtime");
     }
     let over = |s: &Swarm, ep: usize| downloaded(s, ep, "f.bin") || failed(s, ep).is_some();
     let mut leavers: Vec<usize> = if variant == Variant::Leavers {
@@ -166,6 +176,10 @@ fn crowd(title: &str, downloaders: usize, file_len: usize, piece_size: u32, vari
         failed: stayed.len() - took.len(),
     };
     print(title, piece_size, &table);
+    if liar {
+        let sent = swarm.net.sent[2] as f64 / file_len as f64;
+        eprintln!("the liar sent {sent:.2} files' worth of bad bytes");
+    }
     if let Some(ep) = stayed.iter().copied().find(|&ep| swarm.took(ep).is_none()) {
         eprintln!("first failure, node {ep}: {:?}", swarm.net.said[ep]);
     }
