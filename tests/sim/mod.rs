@@ -10,7 +10,7 @@
 //! milliseconds and never waits on the machine.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -45,6 +45,8 @@ pub struct Swarm {
     pub net: Net,
     pub tracker: TrackerState,
     pub nodes: Vec<Node>,
+    /// Each node's next timer as it last said, read again once `timer_stale`.
+    timers: Vec<Option<Instant>>,
     dirs: Vec<tempfile::TempDir>,
 }
 
@@ -58,6 +60,8 @@ impl Swarm {
             addrs: HashMap::from([(TRACKER_ADDR, 0)]),
             links: Vec::new(),
             conns: vec![BTreeMap::new(); count],
+            may_send: vec![BTreeSet::new(); count],
+            timer_stale: vec![true; count],
             next_conn: vec![0; count],
             uplink_busy: vec![false; count],
             down_free: vec![now; count],
@@ -75,7 +79,13 @@ impl Swarm {
         let mut dirs = Vec::new();
         for (i, spec) in specs.into_iter().enumerate() {
             let ep = i + 1;
-            let ip = Ipv4Addr::new(10, 0, 1, ep as u8);
+            // 10.0.1.1 to 10.0.1.254, then 10.0.2.1...: distinct for any swarm a test builds.
+            let ip = Ipv4Addr::new(
+                10,
+                0,
+                1 + ((ep - 1) / 254) as u8,
+                ((ep - 1) % 254 + 1) as u8,
+            );
             net.access.push(spec.access);
             net.addrs
                 .insert(SocketAddr::new(IpAddr::V4(ip), NODE_PORT), ep);
@@ -100,13 +110,11 @@ impl Swarm {
             net,
             tracker: TrackerState::new(TrackerLimits::default()),
             nodes,
+            timers: vec![None; count],
             dirs,
         };
         for i in 0..swarm.nodes.len() {
-            let mut io = Io {
-                net: &mut swarm.net,
-                ep: i + 1,
-            };
+            let mut io = Io::new(&mut swarm.net, i + 1);
             swarm.nodes[i].handle_start(now, &mut io);
         }
         swarm.pump_all();
@@ -145,10 +153,7 @@ impl Swarm {
     /// Runs a command on node `ep` as if typed.
     pub fn command(&mut self, ep: usize, cmd: Command) {
         let now = self.net.now;
-        let mut io = Io {
-            net: &mut self.net,
-            ep,
-        };
+        let mut io = Io::new(&mut self.net, ep);
         self.nodes[ep - 1].handle_command(now, cmd, &mut io);
         self.pump_all();
     }
@@ -167,11 +172,14 @@ impl Swarm {
             if self.net.stopped[ep] {
                 continue;
             }
-            let io = Io {
-                net: &mut self.net,
-                ep,
-            };
-            if let Some(t) = self.nodes[i].poll_timeout(&io) {
+            // A machine's timer moves only when the machine or its buffers did: asking a
+            // thousand machines at every step would be most of a big swarm's cost.
+            if self.net.timer_stale[ep] {
+                let io = Io::new(&mut self.net, ep);
+                self.timers[ep] = self.nodes[i].poll_timeout(&io);
+                self.net.timer_stale[ep] = false;
+            }
+            if let Some(t) = self.timers[ep] {
                 if next.is_none_or(|(n, _)| t < n) {
                     next = Some((t, ep));
                 }
@@ -218,10 +226,7 @@ impl Swarm {
     fn fire_timer(&mut self, t: Instant, ep: usize) {
         self.net.now = self.net.now.max(t);
         let now = self.net.now;
-        let mut io = Io {
-            net: &mut self.net,
-            ep,
-        };
+        let mut io = Io::new(&mut self.net, ep);
         if ep == 0 {
             self.tracker.handle_timeout(now, &mut io);
         } else {
@@ -240,10 +245,7 @@ impl Swarm {
         }
         let input = std::mem::take(&mut end.input);
         let now = self.net.now;
-        let mut io = Io {
-            net: &mut self.net,
-            ep,
-        };
+        let mut io = Io::new(&mut self.net, ep);
         let used = if ep == 0 {
             tracker_data(&mut self.tracker, now, conn, &input, &mut io)
         } else {
@@ -266,11 +268,9 @@ impl Swarm {
         }
         end.ended = true;
         end.closing = true;
+        self.net.may_send[ep].insert(conn);
         let now = self.net.now;
-        let mut io = Io {
-            net: &mut self.net,
-            ep,
-        };
+        let mut io = Io::new(&mut self.net, ep);
         if ep == 0 {
             self.tracker.disconnected(now, conn.0);
         } else if !io.net.stopped[ep] {
@@ -301,6 +301,7 @@ impl Swarm {
                 if ep == 0 {
                     self.tracker.connected(now, conn.0, peer.ip());
                 } else {
+                    self.net.timer_stale[ep] = true;
                     self.nodes[ep - 1].handle_accept(now, conn, peer);
                 }
             }
@@ -312,10 +313,7 @@ impl Swarm {
                 if end.ended || self.net.stopped[ep] {
                     return;
                 }
-                let mut io = Io {
-                    net: &mut self.net,
-                    ep,
-                };
+                let mut io = Io::new(&mut self.net, ep);
                 self.nodes[ep - 1].handle_connected(now, conn, &mut io);
             }
             Event::Refused(ep, conn) => {
@@ -342,10 +340,7 @@ impl Swarm {
                 if end.ended || self.net.stopped[ep] {
                     return;
                 }
-                let mut io = Io {
-                    net: &mut self.net,
-                    ep,
-                };
+                let mut io = Io::new(&mut self.net, ep);
                 if ep == 0 {
                     self.tracker.drained(conn.0, &mut io);
                     self.deliver(link, side);
@@ -359,10 +354,7 @@ impl Swarm {
                 if self.net.stopped[ep] {
                     return;
                 }
-                let mut io = Io {
-                    net: &mut self.net,
-                    ep,
-                };
+                let mut io = Io::new(&mut self.net, ep);
                 self.nodes[ep - 1].handle_disk(now, done, &mut io);
             }
         }

@@ -2,7 +2,7 @@
 //! latency, the event queue, and [`Io`], the network as one endpoint's machine sees it.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -79,6 +79,11 @@ pub struct Net {
     pub(super) links: Vec<Link>,
     /// Per endpoint: its connection ids → (link, end).
     pub(super) conns: Vec<BTreeMap<ConnId, (usize, usize)>>,
+    /// Per endpoint: the connections that may have output or a fin to send, so a pump
+    /// looks at those and not at every connection the endpoint ever had.
+    pub(super) may_send: Vec<BTreeSet<ConnId>>,
+    /// Per endpoint: something reached its machine or its buffers since its timer was read.
+    pub(super) timer_stale: Vec<bool>,
     pub(super) next_conn: Vec<usize>,
     pub(super) uplink_busy: Vec<bool>,
     pub(super) down_free: Vec<Instant>,
@@ -126,14 +131,23 @@ impl Net {
         if self.uplink_busy[ep] {
             return;
         }
-        let ready: Vec<(usize, usize)> = self.conns[ep]
-            .values()
-            .copied()
-            .filter(|&(link, side)| {
-                let end = &self.links[link].ends[side];
-                !end.out.is_empty() || (end.closing && !self.links[link].fin_sent[side])
-            })
-            .collect();
+        let mut ready = Vec::new();
+        let mut idle = Vec::new();
+        for &conn in &self.may_send[ep] {
+            let Some(&(link, side)) = self.conns[ep].get(&conn) else {
+                idle.push(conn);
+                continue;
+            };
+            let end = &self.links[link].ends[side];
+            if !end.out.is_empty() || (end.closing && !self.links[link].fin_sent[side]) {
+                ready.push((link, side));
+            } else {
+                idle.push(conn);
+            }
+        }
+        for conn in idle {
+            self.may_send[ep].remove(&conn);
+        }
         if ready.is_empty() {
             return;
         }
@@ -155,6 +169,7 @@ impl Net {
         let deliver = towards.last_arrival.map_or(done, |t| t.max(done));
         towards.last_arrival = Some(deliver);
         if take > 0 {
+            self.timer_stale[ep] = true;
             self.sent[ep] += take as u64;
             self.at(deliver, Event::Data(link, 1 - side, chunk));
             self.uplink_busy[ep] = true;
@@ -177,7 +192,13 @@ pub(super) struct Io<'a> {
     pub(super) ep: usize,
 }
 
-impl Io<'_> {
+impl<'a> Io<'a> {
+    /// The network as `ep` sees it, about to be handed to its machine.
+    pub(super) fn new(net: &'a mut Net, ep: usize) -> Io<'a> {
+        net.timer_stale[ep] = true;
+        Io { net, ep }
+    }
+
     fn disk_done(&mut self, done: DiskDone) {
         let now = self.net.now;
         self.net.at(now, Event::Disk(self.ep, done));
@@ -216,8 +237,13 @@ impl NodeIo for Io<'_> {
     }
 
     fn out_buf(&mut self, conn: ConnId) -> Option<&mut Vec<u8>> {
-        let end = self.net.end(self.ep, conn)?;
-        (!end.closing && !end.ended).then_some(&mut end.out)
+        let ep = self.ep;
+        let end = self.net.end(ep, conn)?;
+        if end.closing || end.ended {
+            return None;
+        }
+        self.net.may_send[ep].insert(conn);
+        self.net.end(ep, conn).map(|end| &mut end.out)
     }
 
     fn pending_out(&self, conn: ConnId) -> usize {
@@ -237,6 +263,7 @@ impl NodeIo for Io<'_> {
             return;
         }
         end.closing = true;
+        self.net.may_send[ep].insert(conn);
         let now = self.net.now;
         self.net.at(now, Event::Closed(link, side));
     }

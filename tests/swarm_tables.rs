@@ -1,0 +1,279 @@
+//! Flash crowds against their physical bound, in simulation (issue 8): one owner and N
+//! downloaders, every node uploading at the same rate R, all starting at once.
+//!
+//! One owner must push every byte at least once, so no downloader can finish before F/R;
+//! the crowd's own uploads are what can bring them all close to it. Each table prints the
+//! last and median completion times as multiples of F/R and the bytes the owner sent as
+//! multiples of the file (ideal: 1). Only correctness is asserted (every copy identical);
+//! times are printed, never asserted.
+//!
+//! `cargo test --release --test swarm_tables -- --ignored --nocapture --test-threads 1`
+//! prints the 16, 100 and 1,000-node tables (8 MiB in 256 KiB pieces; `SHOAL_TABLE_MIB` and
+//! `SHOAL_TABLE_PIECE_KIB` change them).
+//!
+//! What the tables showed when written (8 MiB, 256 KiB pieces, R = 8 MiB/s): with R the
+//! link's rate, the owner sends the file about N/8 times and everyone ends together near
+//! that, because it queues up to 2 MiB of replies on each of N connections before the
+//! crowd can take pieces over; at 1,000 its uplink split a thousand ways completes no
+//! piece within the 30 s no-progress limit and every download fails. With R as each
+//! node's `--max-upload-rate` (the bench's setting) the queues stay short: 1.7x at 16,
+//! 3.1x at 100, 16x at 1,000. Known sim limits: no receive window (a receiver's downlink
+//! queues without bound), so a 1,000-node table holds several GiB.
+
+// Each test binary uses its own part of the simulator.
+#[allow(dead_code)]
+mod sim;
+
+use std::time::{Duration, Instant};
+
+use sim::*;
+
+/// Every node's upload rate R, in MiB/s.
+const RATE_MIB: f64 = 8.0;
+/// Every node's download rate, in MiB/s: above R, so a downloader can take from several.
+const DOWN_MIB: f64 = 32.0;
+/// Every node's one-way access latency, in ms.
+const LATENCY_MS: u64 = 5;
+/// Bound on the simulated time of one table.
+const SIM_LIMIT: Duration = Duration::from_secs(600);
+
+/// What happens to the crowd besides downloading.
+#[derive(Clone, Copy, PartialEq)]
+enum Variant {
+    /// Everyone stays.
+    Plain,
+    /// Every fourth downloader leaves once it holds about half the file.
+    Leavers,
+    /// A second owner announces the same file but serves corrupt bytes.
+    Liar,
+    /// R is each node's own `--max-upload-rate` on a link four times faster, as in the
+    /// swarm bench, instead of the link's rate.
+    Paced,
+}
+
+/// One crowd's figures.
+struct Table {
+    downloaders: usize,
+    file: usize,
+    ideal: f64,
+    last: f64,
+    median: f64,
+    owner_sent: u64,
+    sim_secs: f64,
+    wall: Duration,
+    left: usize,
+    failed: usize,
+}
+
+/// A name that lives as long as the swarm needs it: `Spec` takes `&'static str`, and a
+/// table leaks at most a thousand short names once.
+fn name(prefix: &str, i: usize) -> &'static str {
+    Box::leak(format!("{prefix}{i}").into_boxed_str())
+}
+
+fn crowd(title: &str, downloaders: usize, file_len: usize, piece_size: u32, variant: Variant) {
+    let file = file_bytes(file_len, 0x5EED + downloaders as u64);
+    let paced = variant == Variant::Paced;
+    let link = match paced {
+        true => access(4.0 * RATE_MIB, DOWN_MIB, LATENCY_MS),
+        false => access(RATE_MIB, DOWN_MIB, LATENCY_MS),
+    };
+    let limit = paced.then_some((RATE_MIB * f64::from(1 << 20)) as u64);
+    let mut specs = vec![Spec {
+        piece_size,
+        max_upload_rate: limit,
+        ..owner("seed", link, &file)
+    }];
+    let liar = variant == Variant::Liar;
+    if liar {
+        specs.push(Spec {
+            piece_size,
+            ..owner("liar", link, &file)
+        });
+    }
+    let first = specs.len() + 1;
+    specs.extend((0..downloaders).map(|i| Spec {
+        piece_size,
+        max_upload_rate: limit,
+        ..downloader(name("dl", i), link)
+    }));
+    let eps: Vec<usize> = (first..first + downloaders).collect();
+    // The tracker answers lists of up to a thousand owners to a thousand watchers: give it
+    // a server's link so the crowd measures the nodes, not the tracker's uplink.
+    let wall = Instant::now();
+    let mut swarm = Swarm::new(access(1000.0, 1000.0, 1), specs);
+    if liar {
+        // The liar published the true file's hashes; from now on it serves other bytes.
+        let path = swarm.node_dir(2).join("f.bin");
+        let bad: Vec<u8> = file.iter().map(|b| !b).collect();
+        // Its modification time is put back, or the liar would see the change and stop
+        // sharing the file instead of lying.
+        let mtime = std::fs::metadata(&path)
+            .and_then(|m| m.modified())
+            .expect("the liar's copy");
+        std::fs::write(&path, bad).expect("corrupt the liar's copy");
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .and_then(|f| f.set_modified(mtime))
+            .expect("restore the liar's mtime");
+    }
+    let over = |s: &Swarm, ep: usize| downloaded(s, ep, "f.bin") || failed(s, ep).is_some();
+    let mut leavers: Vec<usize> = if variant == Variant::Leavers {
+        eps.iter().copied().step_by(4).collect()
+    } else {
+        Vec::new()
+    };
+    let half = file_len as u64 / 2;
+    let start = swarm.net.sent.clone();
+    let mut left = Vec::new();
+    let mut sim_spent = Duration::ZERO;
+    let slice = Duration::from_millis(50);
+    // Bounded: SIM_LIMIT / slice slices, each bounded in steps by `run_until`.
+    while sim_spent < SIM_LIMIT {
+        let all = swarm.run_until(slice, |s| {
+            eps.iter()
+                .filter(|ep| !left.contains(*ep))
+                .all(|&ep| over(s, ep))
+        });
+        sim_spent += slice;
+        if all {
+            break;
+        }
+        // A leaver goes once it has sent about half the file's worth: by then it holds
+        // pieces others are fetching from it.
+        let going: Vec<usize> = leavers
+            .iter()
+            .copied()
+            .filter(|&ep| swarm.net.sent[ep] - start[ep] > half && !over(&swarm, ep))
+            .collect();
+        for ep in going {
+            swarm.kill(ep);
+            leavers.retain(|&l| l != ep);
+            left.push(ep);
+        }
+    }
+    let wall = wall.elapsed();
+    let stayed: Vec<usize> = eps
+        .iter()
+        .copied()
+        .filter(|ep| !left.contains(ep))
+        .collect();
+    let mut took: Vec<f64> = stayed.iter().filter_map(|&ep| swarm.took(ep)).collect();
+    took.sort_by(f64::total_cmp);
+    let ideal = file_len as f64 / (RATE_MIB * f64::from(1 << 20));
+    let last = took.last().copied().unwrap_or(f64::NAN);
+    let table = Table {
+        downloaders,
+        file: file_len,
+        ideal,
+        last: last / ideal,
+        median: took.get(took.len() / 2).copied().unwrap_or(f64::NAN) / ideal,
+        owner_sent: swarm.net.sent[1],
+        sim_secs: last,
+        wall,
+        left: left.len(),
+        failed: stayed.len() - took.len(),
+    };
+    print(title, piece_size, &table);
+    if liar {
+        let sent = swarm.net.sent[2] as f64 / file_len as f64;
+        eprintln!("the liar sent {sent:.2} files' worth of bad bytes");
+    }
+    if let Some(ep) = stayed.iter().copied().find(|&ep| swarm.took(ep).is_none()) {
+        eprintln!("first failure, node {ep}: {:?}", swarm.net.said[ep]);
+    }
+    for ep in stayed {
+        assert_same(&swarm, ep, &file);
+    }
+}
+
+fn print(title: &str, piece_size: u32, t: &Table) {
+    eprintln!(
+        "{title}: 1 owner + {} downloaders, {} MiB in {} KiB pieces, R = {RATE_MIB} MiB/s up, {DOWN_MIB} MiB/s down, {LATENCY_MS} ms",
+        t.downloaders,
+        t.file >> 20,
+        piece_size >> 10
+    );
+    eprintln!(
+        "| N | F/R | last/(F/R) | median/(F/R) | owner sent/F | sim time | wall time | left | failed |"
+    );
+    eprintln!(
+        "| {} | {:.2} s | {:.3} | {:.3} | {:.2} | {:.2} s | {:.1} s | {} | {} |",
+        t.downloaders,
+        t.ideal,
+        t.last,
+        t.median,
+        t.owner_sent as f64 / t.file as f64,
+        t.sim_secs,
+        t.wall.as_secs_f64(),
+        t.left,
+        t.failed
+    );
+}
+
+fn table(title: &str, downloaders: usize, variant: Variant) {
+    let mib = |var: &str, default: usize| {
+        std::env::var(var)
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(default)
+    };
+    let file = mib("SHOAL_TABLE_MIB", 8) << 20;
+    let piece = (mib("SHOAL_TABLE_PIECE_KIB", 256) << 10) as u32;
+    crowd(title, downloaders, file, piece, variant);
+}
+
+#[test]
+fn a_small_crowd_of_four_ends_with_identical_copies() {
+    let piece = 64 << 10;
+    crowd("small crowd", 4, 2 << 20, piece, Variant::Plain);
+}
+
+#[test]
+#[ignore = "a table: run with --release -- --ignored --nocapture"]
+fn table_16_downloaders() {
+    table("flash crowd", 16, Variant::Plain);
+}
+
+#[test]
+#[ignore = "a table: run with --release -- --ignored --nocapture"]
+fn table_100_downloaders() {
+    table("flash crowd", 100, Variant::Plain);
+}
+
+#[test]
+#[ignore = "a table: run with --release -- --ignored --nocapture"]
+fn table_1000_downloaders() {
+    table("flash crowd", 1000, Variant::Plain);
+}
+
+#[test]
+#[ignore = "a table: run with --release -- --ignored --nocapture"]
+fn table_100_downloaders_a_quarter_leaving() {
+    table("a quarter leave mid-way", 100, Variant::Leavers);
+}
+
+#[test]
+#[ignore = "a table: run with --release -- --ignored --nocapture"]
+fn table_100_downloaders_and_a_liar() {
+    table("beside a lying owner", 100, Variant::Liar);
+}
+
+#[test]
+#[ignore = "a table: run with --release -- --ignored --nocapture"]
+fn table_16_downloaders_paced() {
+    table("paced by --max-upload-rate", 16, Variant::Paced);
+}
+
+#[test]
+#[ignore = "a table: run with --release -- --ignored --nocapture"]
+fn table_100_downloaders_paced() {
+    table("paced by --max-upload-rate", 100, Variant::Paced);
+}
+
+#[test]
+#[ignore = "a table: run with --release -- --ignored --nocapture"]
+fn table_1000_downloaders_paced() {
+    table("paced by --max-upload-rate", 1000, Variant::Paced);
+}
