@@ -31,6 +31,11 @@ pub struct NodeServer {
     addr: SocketAddr,
 }
 
+/// Most connections a node accepts from one IP address: each may hold several MiB of
+/// output and read buffer, so this bounds what one host can make a node hold (64 × about
+/// 6 MiB), while a host running many downloaders still gets served.
+pub const MAX_DOWNLOADERS_PER_IP: usize = 64;
+
 /// Opens the folder, binds the peer port and starts the tracker connection; `run` drives it.
 pub fn bind(config: NodeConfig) -> io::Result<NodeServer> {
     if let Err(e) = wire::check_name(&config.name) {
@@ -39,7 +44,10 @@ pub fn bind(config: NodeConfig) -> io::Result<NodeServer> {
     }
     let folder = Folder::open(&config.dir).map_err(io::Error::other)?;
     let secret = folder.node_secret().map_err(io::Error::other)?;
-    let mut reactor = Reactor::new(Default::default())?;
+    let mut reactor = Reactor::new(crate::reactor::Config {
+        max_inbound_per_ip: MAX_DOWNLOADERS_PER_IP,
+        ..Default::default()
+    })?;
     let (_, addr) = reactor.listen(config.listen)?;
     if config.stdin {
         reactor.enable_stdin()?;
