@@ -37,22 +37,12 @@ fn flood(source: [u8; 4], target: &str, count: usize) -> Vec<TcpStream> {
     held
 }
 
-/// Resident memory of `pid` in KiB (VmRSS), 0 if unreadable.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
 #[test]
 fn idle_socket_floods_lock_nobody_out() {
     let tracker = Tracker::start();
     let data = random_bytes(3 * 1024 * 1024 + 777);
     let (owner, _owner_dir) = start_owner(&tracker, "owner", "f.bin", &data, &[]);
-    let before = rss_kib(tracker.proc.pid());
+    let before = proc_kib(tracker.proc.pid(), "VmRSS");
     let started = Instant::now();
     let (_calm, calm_dir) = download_and_exit(&tracker, "calm", "f.bin");
     let calm = started.elapsed().as_secs_f64();
@@ -65,7 +55,7 @@ fn idle_socket_floods_lock_nobody_out() {
         "flood: {} sockets held to the tracker, {} to the owner; tracker RSS {before} KiB -> {} KiB",
         at_tracker.len(),
         at_owner.len(),
-        rss_kib(tracker.proc.pid())
+        proc_kib(tracker.proc.pid(), "VmRSS")
     );
 
     // Honest nodes from another address still get in, and the download is exact.

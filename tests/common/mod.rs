@@ -100,15 +100,20 @@ pub struct Proc {
     stderr: Arc<Lines>,
 }
 
+/// Starts `program` with all three standard streams piped.
+fn spawn_piped(program: &str, args: &[String]) -> Child {
+    Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {program}: {e}"))
+}
+
 impl Proc {
     pub fn spawn(label: &str, program: &str, args: &[String]) -> Proc {
-        let mut child = Command::new(program)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {program}: {e}"));
+        let mut child = spawn_piped(program, args);
         let stdout = Lines::spawn_reader(child.stdout.take().unwrap());
         let stderr = Lines::spawn_reader(child.stderr.take().unwrap());
         Proc {
@@ -586,13 +591,7 @@ impl Proc {
     /// Like [`Proc::spawn`], but standard output is read up to its first line and then
     /// closed: everything the process prints later goes to a pipe nobody reads (`| head -1`).
     pub fn spawn_stdout_closed(label: &str, program: &str, args: &[String]) -> (Proc, String) {
-        let mut child = Command::new(program)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {program}: {e}"));
+        let mut child = spawn_piped(program, args);
         let mut first = String::new();
         {
             let mut reader = BufReader::new(child.stdout.take().unwrap());
