@@ -354,7 +354,7 @@ fn a_resume_rechecks_kept_pieces_and_refetches_a_damaged_one() {
     let dir = tempdir();
     let mark = tracker.proc.stderr_mark();
     let mut first = Node::start("again", &tracker, dir.path(), &["--download", "r.bin"]);
-    common::wait_partial(&tracker, mark, "r.bin", "again");
+    common::wait_partial(&tracker, mark, "r.bin", "again", dir.path());
     first.proc.kill9();
 
     // Damage every byte the first run kept: whatever it recorded now fails its hash.

@@ -358,7 +358,7 @@ fn owner_killed_mid_transfer_two_rate_limited_owners() {
     let dir = tempdir();
     let mark = tracker.proc.stderr_mark();
     let mut down = Node::start_download("fetcher", &tracker, dir.path(), "k.bin");
-    wait_partial(&tracker, mark, "k.bin", "fetcher");
+    wait_partial(&tracker, mark, "k.bin", "fetcher", dir.path());
     dies.proc.kill9();
     let killed = Instant::now();
     assert!(
@@ -550,7 +550,7 @@ fn tracker_killed_mid_transfer_and_restarted() {
     let dir = tempdir();
     let mark = tracker.proc.stderr_mark();
     let mut down = Node::start_download("patient", &tracker, dir.path(), "t.bin");
-    wait_partial(&tracker, mark, "t.bin", "patient");
+    wait_partial(&tracker, mark, "t.bin", "patient", dir.path());
     let (owner_mark, down_mark) = (owner.proc.stderr_mark(), down.proc.stderr_mark());
     tracker.proc.kill9();
     assert!(

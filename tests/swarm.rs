@@ -337,7 +337,7 @@ fn owner_killed_mid_transfer() {
     let mut down = Node::start_download("fetcher", &tracker, dir.path(), "m.bin");
     // The downloader holds some pieces (the tracker lists it as partial
     // owner; the two owners are complete).
-    wait_partial(&tracker, mark, "m.bin", "fetcher");
+    wait_partial(&tracker, mark, "m.bin", "fetcher", dir.path());
     owners[0].0.proc.kill9();
     assert!(
         !down
@@ -431,7 +431,7 @@ fn interrupted_download_resumes() {
     let dir = tempdir();
     let mark = tracker.proc.stderr_mark();
     let mut first = Node::start("patient", &tracker, dir.path(), &["--download", "i.bin"]);
-    wait_partial(&tracker, mark, "i.bin", "patient");
+    wait_partial(&tracker, mark, "i.bin", "patient", dir.path());
     first.proc.kill9();
     assert!(
         !first

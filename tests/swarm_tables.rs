@@ -59,6 +59,8 @@ struct Table {
     last: f64,
     median: f64,
     owner_sent: u64,
+    /// What the downloaders uploaded over what their uplinks could have in that time.
+    crowd_use: f64,
     sim_secs: f64,
     wall: Duration,
     left: usize,
@@ -129,6 +131,9 @@ fn crowd(title: &str, downloaders: usize, file_len: usize, piece_size: u32, vari
     let mut left = Vec::new();
     let mut sim_spent = Duration::ZERO;
     let slice = Duration::from_millis(50);
+    // `SHOAL_TABLE_TRACE=1` prints how busy the uplinks were in each slice.
+    let trace = std::env::var_os("SHOAL_TABLE_TRACE").is_some();
+    let mut traced = (0u64, 0u64);
     // Bounded: SIM_LIMIT / slice slices, each bounded in steps by `run_until`.
     while sim_spent < SIM_LIMIT {
         let all = swarm.run_until(slice, |s| {
@@ -137,6 +142,18 @@ fn crowd(title: &str, downloaders: usize, file_len: usize, piece_size: u32, vari
                 .all(|&ep| over(s, ep))
         });
         sim_spent += slice;
+        if trace {
+            let window = RATE_MIB * f64::from(1 << 20) * slice.as_secs_f64();
+            let crowd: u64 = eps.iter().map(|&ep| swarm.net.sent[ep]).sum();
+            let done = eps.iter().filter(|&&ep| over(&swarm, ep)).count();
+            eprintln!(
+                "t {:5.2} s: owner up {:3.0} %, crowd up {:3.0} %, {done} done",
+                sim_spent.as_secs_f64(),
+                (swarm.net.sent[1] - traced.0) as f64 / window * 100.0,
+                (crowd - traced.1) as f64 / (window * downloaders as f64) * 100.0,
+            );
+            traced = (swarm.net.sent[1], crowd);
+        }
         if all {
             break;
         }
@@ -170,6 +187,8 @@ fn crowd(title: &str, downloaders: usize, file_len: usize, piece_size: u32, vari
         last: last / ideal,
         median: took.get(took.len() / 2).copied().unwrap_or(f64::NAN) / ideal,
         owner_sent: swarm.net.sent[1],
+        crowd_use: eps.iter().map(|&ep| swarm.net.sent[ep] as f64).sum::<f64>()
+            / (downloaders as f64 * RATE_MIB * f64::from(1 << 20) * last),
         sim_secs: last,
         wall,
         left: left.len(),
@@ -196,15 +215,16 @@ fn print(title: &str, piece_size: u32, t: &Table) {
         piece_size >> 10
     );
     eprintln!(
-        "| N | F/R | last/(F/R) | median/(F/R) | owner sent/F | sim time | wall time | left | failed |"
+        "| N | F/R | last/(F/R) | median/(F/R) | owner sent/F | crowd upload used | sim time | wall time | left | failed |"
     );
     eprintln!(
-        "| {} | {:.2} s | {:.3} | {:.3} | {:.2} | {:.2} s | {:.1} s | {} | {} |",
+        "| {} | {:.2} s | {:.3} | {:.3} | {:.2} | {:.0} % | {:.2} s | {:.1} s | {} | {} |",
         t.downloaders,
         t.ideal,
         t.last,
         t.median,
         t.owner_sent as f64 / t.file as f64,
+        t.crowd_use * 100.0,
         t.sim_secs,
         t.wall.as_secs_f64(),
         t.left,

@@ -1,11 +1,13 @@
 //! Serving one downloader: answer the size question and hash requests, queue block requests.
 //!
-//! Blocks are not encoded when asked for but when the connection's output has
-//! room and the upload rate allows ([`ServeConn::next_request`]), so a fast
-//! requester cannot make us buffer more than one block beyond the low-water
-//! mark, and the rate limit is applied where the bytes leave.
+//! Blocks are not encoded when asked for but when the node's upload has room
+//! and the rate allows: the node picks which queued block of which connection
+//! goes next ([`ServeConn::queued_front`], [`ServeConn::take_request`]), so a
+//! fast requester cannot make us buffer more than the node's upload budget,
+//! and the rate limit is applied where the bytes leave.
 
 use std::collections::VecDeque;
+use std::time::{Duration, Instant};
 
 use super::bitfield::Bitfield;
 use crate::storage::{Hash, Layout, PieceStore};
@@ -58,6 +60,8 @@ pub struct ServeConn {
     waiting_disk: bool,
     /// The disk thread read the next block in: read it now even if it left the cache again.
     may_wait: bool,
+    /// Since when our output to this peer has not once been all handed to the kernel.
+    backlog_since: Option<Instant>,
 }
 
 impl ServeConn {
@@ -69,6 +73,24 @@ impl ServeConn {
     /// True if this peer asked about `root` (so it wants `HavePiece` news).
     pub fn watches(&self, root: &RootHash) -> bool {
         self.watching.contains(root)
+    }
+
+    /// Notes how much output is pending now; true while that backlog is younger than
+    /// `slow_after`, i.e. this peer's replies are moving at our uplink's pace. A peer that
+    /// reads slowly, or not at all, is not what keeps our uplink busy: its backlog stops
+    /// counting against the node's upload budget, so it cannot hold everyone else up.
+    pub fn note_backlog(&mut self, pending: usize, now: Instant, slow_after: Duration) -> bool {
+        if pending == 0 {
+            self.backlog_since = None;
+            return true;
+        }
+        let since = *self.backlog_since.get_or_insert(now);
+        now.saturating_duration_since(since) < slow_after
+    }
+
+    /// When this peer's current backlog stops counting against the budget, if it counts now.
+    pub fn backlog_counts_until(&self, slow_after: Duration) -> Option<Instant> {
+        self.backlog_since.map(|since| since + slow_after)
     }
 
     /// Requests waiting to be served.
@@ -149,9 +171,20 @@ impl ServeConn {
         }
     }
 
-    /// The next queued request, if any.
-    pub fn next_request(&mut self) -> Option<BlockRequest> {
-        self.queue.pop_front()
+    /// The first `depth` queued requests, oldest first: what an upload pick chooses among.
+    pub fn queued_front(&self, depth: usize) -> impl Iterator<Item = &BlockRequest> {
+        self.queue.iter().take(depth)
+    }
+
+    /// Takes the queued request at `index` (as [`ServeConn::queued_front`] counts) to serve it.
+    pub fn take_request(&mut self, index: usize) -> Option<BlockRequest> {
+        self.queue.remove(index)
+    }
+
+    /// Queues `request` as if it had arrived (unit tests of the upload pick).
+    #[cfg(test)]
+    pub(crate) fn queue_for_test(&mut self, request: BlockRequest) {
+        self.queue.push_back(request);
     }
 
     /// Puts `request` back first: its block was not in memory and is being read in.

@@ -418,12 +418,33 @@ pub fn download_and_exit(tracker: &Tracker, name: &str, file: &str) -> (Node, te
 }
 
 /// Waits until the tracker lists `name` among the owners of `file` as a partial owner.
-pub fn wait_partial(tracker: &Tracker, mark: usize, file: &str, name: &str) {
+pub fn wait_partial(tracker: &Tracker, mark: usize, file: &str, name: &str, dir: &Path) {
     tracker.proc.wait_stderr_from(mark, |l| {
         l.contains(&format!("{name}@"))
             && l.contains("(partial)")
             && owner_list(l, file).is_some_and(|o| o.iter().any(|n| n == name))
     });
+    // A download is listed from the moment its store exists: wait for a verified piece too.
+    wait_holding(dir);
+}
+
+/// Waits (bounded) until a download in `dir` has recorded a verified piece in its state file.
+pub fn wait_holding(dir: &Path) {
+    // The state file: a 56-byte header, then one byte per piece, 1 = verified.
+    const STATE_HEADER_LEN: usize = 56;
+    let deadline = Instant::now() + TIMEOUT;
+    while Instant::now() < deadline {
+        let holds = list_dir(dir)
+            .iter()
+            .filter(|n| n.ends_with(".shoal-state"))
+            .filter_map(|n| std::fs::read(dir.join(n)).ok())
+            .any(|bytes| bytes.iter().skip(STATE_HEADER_LEN).any(|&b| b == 1));
+        if holds {
+            return;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    panic!("no verified piece recorded in {} in time", dir.display());
 }
 
 /// The number after `word ` in `line` (e.g. `fetched 123 bytes` of a `downloaded` line).

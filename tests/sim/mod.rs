@@ -323,6 +323,8 @@ impl Swarm {
                 }
             }
             Event::Data(link, side, bytes) => {
+                let sender = &mut self.net.links[link].ends[1 - side];
+                sender.in_flight = sender.in_flight.saturating_sub(bytes.len());
                 let end = &mut self.net.links[link].ends[side];
                 if end.ended {
                     return;

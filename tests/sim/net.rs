@@ -14,8 +14,11 @@ use shoal::wire::{self, Message};
 
 /// Bytes one uplink turn sends.
 pub(super) const CHUNK: usize = 64 << 10;
-/// Pending output falling to this fires a drain, as the reactor's default low water.
-pub(super) const LOW_WATER: usize = 1 << 20;
+/// Pending output falling to this fires a drain, as the node's reactor has it.
+pub(super) const LOW_WATER: usize = shoal::node::machine::WRITE_LOW_WATER;
+/// Most bytes one end may have on the wire, sent and not yet delivered: TCP's window,
+/// so a sender whose receiver's downlink is busy waits instead of queueing without bound.
+pub(super) const WINDOW: usize = 1 << 20;
 /// Tracker output above this counts as congested.
 pub(super) const TRACKER_CONGESTED: usize = 4 << 20;
 /// The tracker's address on the simulated network.
@@ -48,6 +51,8 @@ pub(super) struct End {
     pub(super) ended: bool,
     /// When the last byte sent towards this end arrives.
     pub(super) last_arrival: Option<Instant>,
+    /// Bytes this end sent that have not arrived yet (bounded by [`WINDOW`]).
+    pub(super) in_flight: usize,
 }
 
 /// A connection: end 0 connected, end 1 accepted.
@@ -139,6 +144,10 @@ impl Net {
                 continue;
             };
             let end = &self.links[link].ends[side];
+            if end.in_flight >= WINDOW {
+                // Stays in `may_send`: the window opens as its bytes arrive.
+                continue;
+            }
             if !end.out.is_empty() || (end.closing && !self.links[link].fin_sent[side]) {
                 ready.push((link, side));
             } else {
@@ -156,7 +165,8 @@ impl Net {
         let peer = self.links[link].ends[1 - side].ep;
         let end = &mut self.links[link].ends[side];
         let before = end.out.len();
-        let take = before.min(CHUNK);
+        let take = before.min(CHUNK).min(WINDOW - end.in_flight);
+        end.in_flight += take;
         let chunk: Vec<u8> = end.out.drain(..take).collect();
         let after = end.out.len();
         let now = self.now;
@@ -180,7 +190,8 @@ impl Net {
             self.links[link].fin_sent[side] = true;
             self.at(deliver, Event::Fin(link, 1 - side));
         }
-        if before > LOW_WATER && after <= LOW_WATER && !closing {
+        // `after <= LOW_WATER`, spelled so it reads for any low water (the node's is 0).
+        if before > LOW_WATER && after.saturating_sub(LOW_WATER) == 0 && !closing {
             self.at(now, Event::Drain(link, side));
         }
     }

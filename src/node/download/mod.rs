@@ -246,6 +246,14 @@ pub struct Download<S> {
     asked_at: HashMap<u32, Instant>,
 }
 
+/// Where `addr` comes in a download's connect order (a hash under its seed).
+fn addr_key(seed: u64, addr: &SocketAddr) -> u64 {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (seed, addr).hash(&mut hasher);
+    hasher.finish()
+}
+
 /// How often rates are sampled and timeouts checked.
 const TICK: Duration = Duration::from_millis(250);
 
@@ -452,12 +460,16 @@ impl<S: PartStore> Download<S> {
             return;
         }
         let connected: HashSet<SocketAddr> = self.peers.values().map(|p| p.addr).collect();
-        let ready: Vec<(SocketAddr, String)> = self
+        let mut ready: Vec<(SocketAddr, String)> = self
             .candidates
             .iter()
             .filter(|(addr, c)| !connected.contains(addr) && c.retry_at.is_none_or(|t| t <= now))
             .map(|(addr, c)| (*addr, c.name.clone()))
             .collect();
+        // With more owners than `max_peers`, each download picks its own: in address order
+        // a whole crowd would connect to the same few and leave the others' uploads idle.
+        let seed = self.shuffle_seed();
+        ready.sort_by_cached_key(|(addr, _)| addr_key(seed, addr));
         for (addr, name) in ready {
             if self.peers.len() >= self.config.max_peers {
                 break;

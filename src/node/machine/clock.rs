@@ -20,6 +20,13 @@ impl Node {
             }
             self.close_idle_serving(io);
             self.check_all_shared(io);
+            let (shared, downloads) = (&self.shared, &self.downloads);
+            self.uploads.retain(|root| {
+                sharing::shared_by_root(shared, root).is_some()
+                    || downloads
+                        .values()
+                        .any(|t| t.dl.info().is_some_and(|i| i.root == *root))
+            });
         }
         let due: Vec<String> = self
             .downloads
@@ -55,9 +62,7 @@ impl Node {
             t.shown.update(now, &progress);
             io.progress(name, &t.shown.smoothed(progress));
         }
-        if self.bucket.is_some() {
-            self.pump_all(io);
-        }
+        self.serve_blocks(io);
     }
 
     /// The earliest deadline anything asked for: when to call [`Node::handle_timeout`].
@@ -78,14 +83,8 @@ impl Node {
                 consider(t.started + self.config.download.no_source_timeout);
             }
         }
-        if let Some(bucket) = self.bucket.as_mut() {
-            let waiting = self
-                .conns
-                .iter()
-                .any(|(&conn, role)| sharing::serve_waiting(io, conn, role));
-            if waiting {
-                consider(bucket.ready_at(now));
-            }
+        if let Some(t) = sharing::serve_wake_at(io, &mut self.conns, self.bucket.as_mut(), now) {
+            consider(t);
         }
         next
     }

@@ -20,6 +20,7 @@ mod effects;
 mod sharing;
 mod tracker_link;
 mod transfers;
+mod uploads;
 
 pub use effects::NodeIo;
 
@@ -46,6 +47,10 @@ use crate::wire::{
 
 /// Pending output a serving connection is topped up to.
 const SERVE_TARGET: usize = 2 << 20;
+/// The node's reactor reports a drain when a connection's output is all handed to the
+/// kernel: the upload budget is node-wide and small, so a connection holding one block
+/// must still say when it has room again.
+pub const WRITE_LOW_WATER: usize = 0;
 /// Pending output above which a serving connection's further requests stay unread until it
 /// drains: every reply (hashes, answers, errors) is bounded by what the peer actually reads.
 const SERVE_READ_STOP: usize = 4 << 20;
@@ -112,7 +117,8 @@ struct Transfer {
     dl: Download<PartialFile>,
     slots: HashMap<SlotId, ConnId>,
     started: Instant,
-    announced: bool,
+    /// The version this download is listed at the tracker as a partial owner of.
+    announced: Option<RootHash>,
     /// The rate `status` and the progress display show.
     shown: ShownRate,
     next_draw: Instant,
@@ -152,7 +158,8 @@ pub struct Node {
     awaited: HashSet<String>,
     report: RunReport,
     stopping: bool,
-    serve_cursor: usize,
+    /// Which queued block goes out next, node-wide.
+    uploads: uploads::Uploads,
     /// When the tracker keep-alive and the idle sweep are next due.
     housekeep_at: Instant,
     /// The time the current `handle_*` call was given.
@@ -188,7 +195,7 @@ impl Node {
                 completed: 0,
             },
             stopping: false,
-            serve_cursor: 0,
+            uploads: uploads::Uploads::default(),
             housekeep_at: now + KEEPALIVE_EVERY,
             now,
         }
@@ -328,7 +335,7 @@ impl Node {
             }
         }
         if matches!(self.conns.get(&conn), Some(Role::Serve(..))) {
-            self.pump(io, conn);
+            self.serve_blocks(io);
         }
         used
     }
@@ -358,8 +365,8 @@ impl Node {
         self.now = now;
         if matches!(self.conns.get(&conn), Some(Role::Serve(..))) {
             io.resume_reading(conn);
+            self.serve_blocks(io);
         }
-        self.pump(io, conn);
     }
 
     /// `conn` ended (whoever closed it); the node forgets it and tells whoever used it.
@@ -371,7 +378,12 @@ impl Node {
         io: &mut dyn NodeIo,
     ) {
         self.now = now;
+        let serving = matches!(self.conns.get(&conn), Some(Role::Serve(..)));
         self.drop_conn_with(io, conn, Some(reason));
+        if serving {
+            // Its unsent replies no longer count against the upload budget.
+            self.serve_blocks(io);
+        }
     }
 
     /// A disk job ended: a download renamed into place (or not), a file hashed, a block read

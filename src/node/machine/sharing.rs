@@ -1,5 +1,6 @@
 //! Sharing: hashing files to publish, answering downloaders, pacing uploads.
 
+use super::uploads::{SERVE_BUDGET, SLOW_READER};
 use super::*;
 
 /// What this node serves, borrowed apart from the connection table.
@@ -61,10 +62,9 @@ pub(super) fn shared_view(s: &Shared) -> FileView<'_> {
 /// A download serves the pieces it has verified, once it has them.
 pub(super) fn partial_view(t: &Transfer) -> Option<FileView<'_>> {
     let info = t.dl.info()?;
+    // Served from the moment it is announced, pieces or not: an asker learns what it
+    // holds now and hears of each piece it gains.
     let have = t.dl.have()?;
-    if have.count() == 0 {
-        return None;
-    }
     Some(FileView {
         name: t.dl.name(),
         info,
@@ -229,7 +229,7 @@ impl Node {
 
     pub(super) fn on_serve_frame(&mut self, io: &mut dyn NodeIo, conn: ConnId, msg: &Message<'_>) {
         // The first questions of a downloader are where a changed file is caught cheaply
-        // (one stat); blocks of a file truncated later fail to read and are caught in `pump`.
+        // (one stat); blocks of a file truncated later fail to read and are caught in `serve_queued`.
         match msg {
             Message::SizeInformation(wire::SizeInformation::Question { name, .. }) => {
                 self.check_shared(io, Some(name), None)
@@ -256,121 +256,178 @@ impl Node {
         }
     }
 
-    /// Tops up `conn`'s output with queued blocks while it has room and the rate allows.
-    pub(super) fn pump(&mut self, io: &mut dyn NodeIo, conn: ConnId) {
+    /// Sends queued blocks, node-wide, while the upload budget and the rate allow: the
+    /// least-sent piece first (see [`uploads`](super::uploads)).
+    pub(super) fn serve_blocks(&mut self, io: &mut dyn NodeIo) {
+        let mut pending = 0;
+        let mut ready = Vec::new();
+        for (&conn, role) in self.conns.iter_mut() {
+            if let Role::Serve(serve, _) = role {
+                let out = io.pending_out(conn);
+                if serve.note_backlog(out, self.now, SLOW_READER) {
+                    pending += out;
+                }
+                if serve.queued() > 0 && !serve.is_waiting_disk() {
+                    ready.push(conn);
+                }
+            }
+        }
+        ready.retain(|&conn| io.pending_out(conn) < SERVE_TARGET);
+        // Bounded: every turn either sends a block (pending grows by at least a frame
+        // header) or takes a connection off the ready list.
+        let turns = ready.len() + SERVE_BUDGET / 64 + 1;
+        for _ in 0..turns {
+            if pending >= SERVE_BUDGET || ready.is_empty() {
+                break;
+            }
+            if let Some(bucket) = self.bucket.as_mut() {
+                if !bucket.ready(self.now) {
+                    break;
+                }
+            }
+            let Some((pos, index)) = self.uploads.pick(&ready, &self.conns) else {
+                break;
+            };
+            let conn = ready[pos];
+            let before = io.pending_out(conn);
+            let goes_on = self.serve_queued(io, conn, index);
+            let after = io.pending_out(conn);
+            pending = (pending + after).saturating_sub(before);
+            let still_ready = goes_on
+                && after < SERVE_TARGET
+                && matches!(self.conns.get(&conn), Some(Role::Serve(s, _)) if s.queued() > 0 && !s.is_waiting_disk());
+            if !still_ready {
+                ready.remove(pos);
+            }
+        }
+    }
+
+    /// Serves the request at `index` of `conn`'s queue; false if the connection now waits
+    /// for the disk or was closed.
+    fn serve_queued(&mut self, io: &mut dyn NodeIo, conn: ConnId, index: usize) -> bool {
         let now = self.now;
         let Some(Role::Serve(serve, _)) = self.conns.get_mut(&conn) else {
-            return;
+            return false;
+        };
+        let Some(request) = serve.take_request(index) else {
+            return false;
         };
         let lib = Lib {
             shared: &self.shared,
             downloads: &self.downloads,
         };
-        while io.pending_out(conn) < SERVE_TARGET && serve.queued() > 0 {
-            if serve.is_waiting_disk() {
-                break;
-            }
-            if let Some(bucket) = self.bucket.as_mut() {
-                if !bucket.ready(now) {
-                    break;
-                }
-            }
-            let Some(request) = serve.next_request() else {
-                break;
+        let mut may_wait = serve.take_may_wait();
+        loop {
+            let Some(out) = io.out_buf(conn) else {
+                return false;
             };
-            let Some(out) = io.out_buf(conn) else { return };
-            let may_wait = serve.take_may_wait();
             match serve_block(&request, &lib, out, may_wait) {
                 Ok(Served::Sent(sent)) => {
                     if let Some(bucket) = self.bucket.as_mut() {
                         bucket.take(now, u64::from(sent));
                     }
+                    if let Some(view) = lib.by_root(&request.root) {
+                        let pieces = layout_of_view(&view).piece_count();
+                        self.uploads.record(&request.root, request.piece, pieces);
+                    }
+                    return true;
                 }
                 Ok(Served::NotCached) => {
-                    // The disk thread reads it in and `warmed` serves it; the network goes on.
-                    serve.wait_for_disk(request);
                     let Some(s) = shared_by_root(&self.shared, &request.root) else {
                         // Not a shared file (a partial one): read it here after all.
-                        serve.disk_ready();
+                        may_wait = true;
                         continue;
                     };
-                    let layout = Layout {
-                        size: s.info.size,
-                        piece_size: s.info.piece_size,
-                    };
+                    let layout = layout_of_view(&shared_view(s));
                     let at = layout.piece_offset(request.piece) + u64::from(request.offset);
                     let key = conn.0 as u64;
+                    if !io.disk_warm(&s.store, at, u64::from(request.len), key) {
+                        may_wait = true;
+                        continue;
+                    }
+                    // The disk thread reads it in and `warmed` serves it; the network goes on.
                     log::debug!(
                         "{}: piece {} not in memory; the disk thread reads it in",
                         esc(&s.name),
                         request.piece
                     );
-                    if !io.disk_warm(&s.store, at, u64::from(request.len), key) {
-                        serve.disk_ready();
-                        continue;
-                    }
-                    return;
+                    serve.wait_for_disk(request);
+                    return false;
                 }
                 Err(why) => {
                     log::warn!("cannot serve piece {}: {}", request.piece, esc(&why));
                     let root = request.root;
                     self.check_shared(io, None, Some(&root));
-                    let Some(out) = io.out_buf(conn) else { return };
-                    let _ = wire::encode(
-                        &Message::Error {
-                            code: ErrorCode::Refused,
-                            reason: &why,
-                        },
-                        out,
-                    );
+                    if let Some(out) = io.out_buf(conn) {
+                        let _ = wire::encode(
+                            &Message::Error {
+                                code: ErrorCode::Refused,
+                                reason: &why,
+                            },
+                            out,
+                        );
+                    }
                     self.conns.remove(&conn);
                     io.close(conn);
-                    return;
+                    return false;
                 }
             }
         }
     }
 
     /// The disk thread read in the block `conn` waits for (the key is the conn's id; a conn
-    /// closed meanwhile, or its id reused, just gets a harmless extra pump).
+    /// closed meanwhile, or its id reused, just gets a harmless extra turn).
     pub(super) fn warmed(&mut self, io: &mut dyn NodeIo, key: u64) {
         let conn = ConnId(key as usize);
         if let Some(Role::Serve(serve, _)) = self.conns.get_mut(&conn) {
             if serve.is_waiting_disk() {
                 serve.disk_ready();
             }
-            self.pump(io, conn);
         }
-    }
-
-    /// Serves every connection with queued requests, starting after the last one served first.
-    pub(super) fn pump_all(&mut self, io: &mut dyn NodeIo) {
-        let mut waiting: Vec<ConnId> = self
-            .conns
-            .iter()
-            .filter(|(&conn, role)| serve_waiting(io, conn, role))
-            .map(|(&conn, _)| conn)
-            .collect();
-        if waiting.is_empty() {
-            return;
-        }
-        waiting.sort();
-        self.serve_cursor = (self.serve_cursor + 1) % waiting.len();
-        waiting.rotate_left(self.serve_cursor);
-        for conn in waiting {
-            self.pump(io, conn);
-        }
+        self.serve_blocks(io);
     }
 }
 
-/// A serving connection waits on the rate limit when it has requests queued and room for
-/// more output; one at or above the target is woken by its drain instead.
-pub(super) fn serve_waiting(io: &dyn NodeIo, conn: ConnId, role: &Role) -> bool {
-    matches!(role, Role::Serve(s, _) if s.queued() > 0 && !s.is_waiting_disk())
-        && io.pending_out(conn) < SERVE_TARGET
+/// When serving should be looked at again though nothing arrives or drains: once the rate
+/// allows, if a connection could send and the budget has room; once the oldest backlog
+/// stops counting, if the budget is full of them.
+pub(super) fn serve_wake_at(
+    io: &dyn NodeIo,
+    conns: &mut BTreeMap<ConnId, Role>,
+    bucket: Option<&mut TokenBucket>,
+    now: Instant,
+) -> Option<Instant> {
+    let mut pending = 0;
+    let mut any = false;
+    let mut ages_out: Option<Instant> = None;
+    for (&conn, role) in conns.iter_mut() {
+        if let Role::Serve(s, _) = role {
+            let out = io.pending_out(conn);
+            if s.note_backlog(out, now, SLOW_READER) {
+                pending += out;
+                if let Some(t) = s.backlog_counts_until(SLOW_READER) {
+                    ages_out = Some(ages_out.map_or(t, |a| a.min(t)));
+                }
+            }
+            any |= s.queued() > 0 && !s.is_waiting_disk() && out < SERVE_TARGET;
+        }
+    }
+    if !any {
+        return None;
+    }
+    if pending >= SERVE_BUDGET {
+        return ages_out;
+    }
+    bucket.map(|b| b.ready_at(now))
 }
 
-/// Why the file behind `s` is no longer the one that was hashed, if it is not.
+fn layout_of_view(view: &FileView<'_>) -> Layout {
+    Layout {
+        size: view.info.size,
+        piece_size: view.info.piece_size,
+    }
+}
+
 fn changed_on_disk(dir: &std::path::Path, s: &Shared) -> Option<String> {
     use std::os::unix::fs::MetadataExt as _;
     let meta = match std::fs::symlink_metadata(dir.join(&s.name)) {

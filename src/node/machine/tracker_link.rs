@@ -47,14 +47,14 @@ impl Node {
                 },
             );
         }
-        let downloads: Vec<(String, Option<FileInfo>, bool)> = self
+        let downloads: Vec<(String, Option<FileInfo>, Option<RootHash>)> = self
             .downloads
             .values()
             .filter(|t| !t.dl.is_over())
             .map(|t| (t.dl.name().to_owned(), t.dl.info(), t.announced))
             .collect();
         for (name, info, announced) in downloads {
-            if let (Some(info), true) = (info, announced) {
+            if let Some(info) = info.filter(|i| announced == Some(i.root)) {
                 self.tell_tracker(
                     io,
                     &NodeToTracker::Have {

@@ -89,7 +89,7 @@ impl Node {
             dl,
             slots: HashMap::new(),
             started: now,
-            announced: false,
+            announced: None,
             shown: ShownRate::default(),
             next_draw: now,
             checking: false,
@@ -169,6 +169,7 @@ impl Node {
             };
             if !partial.claimed_done().iter().any(|&c| c) {
                 self.with_download(io, file, |dl, io| dl.attach_checked(now, partial, &[], io));
+                self.announce_partial(io, file);
                 return;
             }
             // A resume: what the earlier run recorded is re-hashed on the disk thread.
@@ -204,6 +205,36 @@ impl Node {
             Ok(checked) => dl.attach_checked(now, partial, &checked, io),
             Err(e) => dl.abort(format!("cannot read back {file}: {e}"), io),
         });
+        self.announce_partial(io, file);
+    }
+
+    /// From the moment its store is attached, a download is a partial owner others can
+    /// connect to: it answers with what it holds (maybe nothing yet) and tells them of each
+    /// piece it gains. Announcing before the first piece lets a flash crowd connect while it
+    /// waits on the first owner, instead of one tracker round after each first piece.
+    fn announce_partial(&mut self, io: &mut dyn NodeIo, file: &str) {
+        let Some(transfer) = self.downloads.get_mut(file) else {
+            return;
+        };
+        let Some(info) = transfer.dl.info().filter(|_| transfer.dl.store().is_some()) else {
+            return;
+        };
+        if transfer.dl.is_over() || transfer.announced == Some(info.root) {
+            return;
+        }
+        let before = transfer.announced.replace(info.root);
+        if let Some(root) = before {
+            // The version it was fetching was given up: nobody should ask us for it.
+            self.tell_tracker(io, &NodeToTracker::Drop { name: file, root });
+        }
+        self.tell_tracker(
+            io,
+            &NodeToTracker::Have {
+                name: file,
+                info,
+                complete: false,
+            },
+        );
     }
 
     pub(super) fn piece_done(&mut self, io: &mut dyn NodeIo, file: &str, piece: u32) {
@@ -213,14 +244,6 @@ impl Node {
         let Some(info) = transfer.dl.info() else {
             return;
         };
-        let first = !transfer.announced;
-        transfer.announced = true;
-        if first {
-            // What we announce as ours is on record first, so a crash right after keeps it.
-            if let Err(e) = transfer.dl.save_marks() {
-                log::warn!("{file}: cannot record progress: {e}");
-            }
-        }
         let have = Message::HavePiece {
             root: info.root,
             piece,
@@ -233,17 +256,6 @@ impl Node {
                     }
                 }
             }
-        }
-        if first {
-            // From its first verified piece on, a downloader is a partial owner others can use.
-            self.tell_tracker(
-                io,
-                &NodeToTracker::Have {
-                    name: file,
-                    info,
-                    complete: false,
-                },
-            );
         }
     }
 
@@ -319,18 +331,11 @@ impl Node {
             return;
         };
         io.progress_end(file, false);
-        let announced = transfer.announced;
-        let info = transfer.dl.info();
+        let announced = transfer.announced.take();
         drop(transfer.dl.take_store());
         self.tell_tracker(io, &NodeToTracker::Unneed { name: file });
-        if let (true, Some(info)) = (announced, info) {
-            self.tell_tracker(
-                io,
-                &NodeToTracker::Drop {
-                    name: file,
-                    root: info.root,
-                },
-            );
+        if let Some(root) = announced {
+            self.tell_tracker(io, &NodeToTracker::Drop { name: file, root });
         }
         self.report.failed += 1;
         self.awaited.remove(file);

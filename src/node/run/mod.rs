@@ -46,6 +46,7 @@ pub fn bind(config: NodeConfig) -> io::Result<NodeServer> {
     let secret = folder.node_secret().map_err(io::Error::other)?;
     let mut reactor = Reactor::new(crate::reactor::Config {
         max_inbound_per_ip: MAX_DOWNLOADERS_PER_IP,
+        write_low_water: crate::node::machine::WRITE_LOW_WATER,
         ..Default::default()
     })?;
     let (_, addr) = reactor.listen(config.listen)?;
