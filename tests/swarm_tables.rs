@@ -147,10 +147,11 @@ fn crowd(title: &str, downloaders: usize, file_len: usize, piece_size: u32, vari
             let crowd: u64 = eps.iter().map(|&ep| swarm.net.sent[ep]).sum();
             let done = eps.iter().filter(|&&ep| over(&swarm, ep)).count();
             eprintln!(
-                "t {:5.2} s: owner up {:3.0} %, crowd up {:3.0} %, {done} done",
+                "t {:5.2} s: owner up {:3.0} %, crowd up {:3.0} %, {done} done, {} links",
                 sim_spent.as_secs_f64(),
                 (swarm.net.sent[1] - traced.0) as f64 / window * 100.0,
                 (crowd - traced.1) as f64 / (window * downloaders as f64) * 100.0,
+                swarm.net.links.len(),
             );
             traced = (swarm.net.sent[1], crowd);
         }

@@ -494,4 +494,31 @@ pub(crate) fn tune(sock: &SockRef<'_>, config: &Config) {
             log::debug!("SO_RCVBUF {size}: {e}");
         }
     }
+    if let Some(lowat) = config.notsent_lowat {
+        if let Err(e) = set_notsent_lowat(sock, lowat) {
+            log::debug!("TCP_NOTSENT_LOWAT {lowat}: {e}");
+        }
+    }
+}
+
+/// Caps the bytes the kernel holds unsent for this socket (Linux; elsewhere an error).
+fn set_notsent_lowat(sock: &SockRef<'_>, bytes: usize) -> std::io::Result<()> {
+    use std::os::unix::io::AsRawFd;
+    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: a valid open socket fd, and a pointer to an int that lives across the call
+    // with its exact size.
+    let r = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_NOTSENT_LOWAT,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }

@@ -97,6 +97,9 @@ pub struct Config {
     pub write_low_water: usize,
     /// SO_SNDBUF/SO_RCVBUF to request; the kernel may clamp it (default 4 MiB).
     pub socket_buf: Option<usize>,
+    /// TCP_NOTSENT_LOWAT to set: the most bytes the kernel holds unsent per socket, so
+    /// pending output waits in our buffers, where a scheduler can still choose (default none).
+    pub notsent_lowat: Option<usize>,
     /// Cap on accepted connections, closing ones included (default 4096). When full, a
     /// newcomer from an IP holding fewer takes the place of the newest conn of the IP
     /// holding the most; otherwise it is closed at once.
@@ -115,6 +118,7 @@ impl Default for Config {
             write_high_water: 4 * 1024 * 1024,
             write_low_water: 1024 * 1024,
             socket_buf: Some(4 * 1024 * 1024),
+            notsent_lowat: None,
             max_inbound: 4096,
             max_inbound_per_ip: 256,
             max_outbound: 1024,

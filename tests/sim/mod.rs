@@ -268,6 +268,8 @@ impl Swarm {
         }
         end.ended = true;
         end.closing = true;
+        // Nothing more is read here: a big swarm's closed links must not keep their buffers.
+        end.input = Vec::new();
         self.net.may_send[ep].insert(conn);
         let now = self.net.now;
         let mut io = Io::new(&mut self.net, ep);

@@ -18,7 +18,11 @@ pub(super) const CHUNK: usize = 64 << 10;
 pub(super) const LOW_WATER: usize = shoal::node::machine::WRITE_LOW_WATER;
 /// Most bytes one end may have on the wire, sent and not yet delivered: TCP's window,
 /// so a sender whose receiver's downlink is busy waits instead of queueing without bound.
-pub(super) const WINDOW: usize = 1 << 20;
+pub(super) const WINDOW: usize = 256 << 10;
+/// Most a receiver's downlink may have queued before senders hold back: the queue of the
+/// router in front of it, with TCP backing off instead of losing packets. Without it a
+/// thousand nodes all sending to busy downlinks queue gigabytes in the simulator.
+pub(super) const DOWNLINK_QUEUE: Duration = Duration::from_millis(20);
 /// Tracker output above this counts as congested.
 pub(super) const TRACKER_CONGESTED: usize = 4 << 20;
 /// The tracker's address on the simulated network.
@@ -56,7 +60,7 @@ pub(super) struct End {
 }
 
 /// A connection: end 0 connected, end 1 accepted.
-pub(super) struct Link {
+pub struct Link {
     pub(super) ends: [End; 2],
     pub(super) fin_sent: [bool; 2],
 }
@@ -81,7 +85,7 @@ pub struct Net {
     pub(super) now: Instant,
     pub(super) access: Vec<Access>,
     pub(super) addrs: HashMap<SocketAddr, usize>,
-    pub(super) links: Vec<Link>,
+    pub links: Vec<Link>,
     /// Per endpoint: its connection ids → (link, end).
     pub(super) conns: Vec<BTreeMap<ConnId, (usize, usize)>>,
     /// Per endpoint: the connections that may have output or a fin to send, so a pump
@@ -144,7 +148,8 @@ impl Net {
                 continue;
             };
             let end = &self.links[link].ends[side];
-            if end.in_flight >= WINDOW {
+            let receiver = self.links[link].ends[1 - side].ep;
+            if end.in_flight >= WINDOW || self.down_free[receiver] > self.now + DOWNLINK_QUEUE {
                 // Stays in `may_send`: the window opens as its bytes arrive.
                 continue;
             }
@@ -169,6 +174,9 @@ impl Net {
         end.in_flight += take;
         let chunk: Vec<u8> = end.out.drain(..take).collect();
         let after = end.out.len();
+        if after == 0 && end.closing {
+            end.out = Vec::new();
+        }
         let now = self.now;
         let sent_at = now + Duration::from_secs_f64(take as f64 / self.access[ep].up);
         let arrive = sent_at + self.rtt_half(ep, peer);

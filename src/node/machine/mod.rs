@@ -51,6 +51,10 @@ const SERVE_TARGET: usize = 2 << 20;
 /// kernel: the upload budget is node-wide and small, so a connection holding one block
 /// must still say when it has room again.
 pub const WRITE_LOW_WATER: usize = 0;
+/// The most a node's kernel holds unsent per socket (TCP_NOTSENT_LOWAT): with a few MiB
+/// queued in each of N kernels' buffers, the node-wide upload budget would decide nothing.
+/// 128 KiB is what the option's author gives as enough to keep a link busy.
+pub const KERNEL_UNSENT: usize = 128 << 10;
 /// Pending output above which a serving connection's further requests stay unread until it
 /// drains: every reply (hashes, answers, errors) is bounded by what the peer actually reads.
 const SERVE_READ_STOP: usize = 4 << 20;

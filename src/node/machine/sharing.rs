@@ -264,15 +264,17 @@ impl Node {
         for (&conn, role) in self.conns.iter_mut() {
             if let Role::Serve(serve, _) = role {
                 let out = io.pending_out(conn);
-                if serve.note_backlog(out, self.now, SLOW_READER) {
+                // A slow reader's backlog is not counted, and it gets nothing more until
+                // that backlog is gone: it can neither hold others up nor pile replies up.
+                let moving = serve.note_backlog(out, self.now, SLOW_READER);
+                if moving {
                     pending += out;
                 }
-                if serve.queued() > 0 && !serve.is_waiting_disk() {
+                if moving && out < SERVE_TARGET && serve.queued() > 0 && !serve.is_waiting_disk() {
                     ready.push(conn);
                 }
             }
         }
-        ready.retain(|&conn| io.pending_out(conn) < SERVE_TARGET);
         // Bounded: every turn either sends a block (pending grows by at least a frame
         // header) or takes a connection off the ready list.
         let turns = ready.len() + SERVE_BUDGET / 64 + 1;
@@ -403,11 +405,12 @@ pub(super) fn serve_wake_at(
     for (&conn, role) in conns.iter_mut() {
         if let Role::Serve(s, _) = role {
             let out = io.pending_out(conn);
-            if s.note_backlog(out, now, SLOW_READER) {
-                pending += out;
-                if let Some(t) = s.backlog_counts_until(SLOW_READER) {
-                    ages_out = Some(ages_out.map_or(t, |a| a.min(t)));
-                }
+            if !s.note_backlog(out, now, SLOW_READER) {
+                continue;
+            }
+            pending += out;
+            if let Some(t) = s.backlog_counts_until(SLOW_READER) {
+                ages_out = Some(ages_out.map_or(t, |a| a.min(t)));
             }
             any |= s.queued() > 0 && !s.is_waiting_disk() && out < SERVE_TARGET;
         }

@@ -27,7 +27,8 @@ use super::*;
 pub(super) const SERVE_BUDGET: usize = 256 << 10;
 /// A serving connection whose output has not all gone out for this long no longer counts
 /// against [`SERVE_BUDGET`]: its reader, not our uplink, is what holds it (a downloader on
-/// a slow link, or one that never reads), and the others are served meanwhile.
+/// a slow link, or one that never reads), and the others are served meanwhile. It gets no
+/// more blocks until that backlog is gone, so it cannot pile replies up either.
 pub(super) const SLOW_READER: Duration = Duration::from_secs(1);
 /// Queued requests of one connection looked at per pick (a downloader asks in its own
 /// rarest-first order, so its next few are where its choices are).

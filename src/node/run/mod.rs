@@ -47,6 +47,7 @@ pub fn bind(config: NodeConfig) -> io::Result<NodeServer> {
     let mut reactor = Reactor::new(crate::reactor::Config {
         max_inbound_per_ip: MAX_DOWNLOADERS_PER_IP,
         write_low_water: crate::node::machine::WRITE_LOW_WATER,
+        notsent_lowat: Some(crate::node::machine::KERNEL_UNSENT),
         ..Default::default()
     })?;
     let (_, addr) = reactor.listen(config.listen)?;
