@@ -74,6 +74,11 @@ impl Picker {
         &self.have
     }
 
+    /// The verified pieces, once nothing is left to pick.
+    pub fn into_have(self) -> Bitfield {
+        self.have
+    }
+
     /// Pieces not yet verified.
     pub fn missing(&self) -> u32 {
         self.have.len() - self.have.count()
