@@ -715,7 +715,7 @@ impl Sim {
         };
         self.io.listed.extend(list.owners.iter().map(|o| o.addr));
         self.io.versions.extend(list.owners.iter().map(|o| o.info));
-        self.dl.on_owners(self.now, &list.owners, &mut self.io);
+        self.dl.handle_owners(self.now, &list.owners, &mut self.io);
     }
 
     /// Resolves a pick to a slot: an open or pending one, or (high bit set) any ever made.
@@ -750,7 +750,7 @@ impl Sim {
             return;
         }
         self.io.disconnect(slot);
-        self.dl.on_closed(self.now, slot, &mut self.io);
+        self.dl.handle_closed(self.now, slot, &mut self.io);
     }
 
     /// Sends `msg` from the owner on `slot`: encoded, decoded, then handed over.
@@ -767,7 +767,7 @@ impl Sim {
             match decode_frame(bytes, &Limits::default()) {
                 Ok(Decoded::Frame(msg, used)) => {
                     bytes = &bytes[used..];
-                    self.dl.on_message(self.now, slot, &msg, &mut self.io);
+                    self.dl.handle_message(self.now, slot, &msg, &mut self.io);
                 }
                 Ok(Decoded::NeedMore(_)) => return,
                 Err(_) => return self.close(slot),
@@ -949,7 +949,7 @@ impl Sim {
                 if let Some(c) = self.io.conns.get_mut(&slot) {
                     c.state = ConnState::Open;
                 }
-                self.dl.on_connected(self.now, slot, &mut self.io);
+                self.dl.handle_connected(self.now, slot, &mut self.io);
             }
             (Event::Closed, _) => self.close(slot),
             // Nothing else happens on a connection that is not open.

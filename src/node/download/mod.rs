@@ -1,7 +1,7 @@
 //! One download's sans-IO state machine: owners → layout → hashes → pieces → done.
 //!
-//! Inputs are method calls with the time passed in (`on_owners`, `on_connected`,
-//! `on_message`, `on_closed`, `handle_timeout`); outputs are connection actions
+//! Inputs are method calls with the time passed in (`handle_owners`, `handle_connected`,
+//! `handle_message`, `handle_closed`, `handle_timeout`); outputs are connection actions
 //! through a [`PeerIo`] the caller supplies, and [`Notice`]s polled with
 //! [`Download::poll_notice`]. Pieces are written through the [`PartStore`]
 //! the caller attaches once the layout is verified, so the whole machine runs
@@ -92,11 +92,11 @@ impl PartStore for storage::MemStore {
 
 /// Connection actions a download asks of its driver.
 pub trait PeerIo {
-    /// Open a connection for `slot` to `addr`; report back with `on_connected` or `on_closed`.
+    /// Open a connection for `slot` to `addr`; report back with `handle_connected` or `handle_closed`.
     fn connect(&mut self, slot: SlotId, addr: SocketAddr);
     /// Send `msg` on `slot`'s connection.
     fn send(&mut self, slot: SlotId, msg: &Message<'_>);
-    /// Close `slot`'s connection; no `on_closed` is expected for it.
+    /// Close `slot`'s connection; no `handle_closed` is expected for it.
     fn disconnect(&mut self, slot: SlotId);
 }
 

@@ -4,7 +4,7 @@ use super::*;
 
 impl<S: PartStore> Download<S> {
     /// The tracker's owner list for this file (first answer or an update).
-    pub fn on_owners(&mut self, now: Instant, owners: &[Owner<'_>], io: &mut dyn PeerIo) {
+    pub fn handle_owners(&mut self, now: Instant, owners: &[Owner<'_>], io: &mut dyn PeerIo) {
         if self.is_over() {
             return;
         }
@@ -70,7 +70,7 @@ impl<S: PartStore> Download<S> {
     }
 
     /// `slot`'s connection is up: ask for the layout and pieces.
-    pub fn on_connected(&mut self, now: Instant, slot: SlotId, io: &mut dyn PeerIo) {
+    pub fn handle_connected(&mut self, now: Instant, slot: SlotId, io: &mut dyn PeerIo) {
         let Some(info) = self.state.info() else {
             return;
         };
@@ -92,14 +92,14 @@ impl<S: PartStore> Download<S> {
     }
 
     /// `slot`'s connection closed (or never opened): its work goes back to the others.
-    pub fn on_closed(&mut self, now: Instant, slot: SlotId, io: &mut dyn PeerIo) {
+    pub fn handle_closed(&mut self, now: Instant, slot: SlotId, io: &mut dyn PeerIo) {
         if self.peers.contains_key(&slot) {
             self.lose_peer(now, slot, None, io);
         }
     }
 
     /// A frame arrived on `slot`.
-    pub fn on_message(
+    pub fn handle_message(
         &mut self,
         now: Instant,
         slot: SlotId,

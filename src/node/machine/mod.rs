@@ -268,7 +268,7 @@ impl Node {
             Some(Role::Tracker) => self.tracker_connected(io),
             Some(Role::Peer { file, slot }) => {
                 let (file, slot) = (file.clone(), *slot);
-                self.with_download(io, &file, |dl, io| dl.on_connected(now, slot, io));
+                self.with_download(io, &file, |dl, io| dl.handle_connected(now, slot, io));
             }
             _ => {}
         }
@@ -347,7 +347,7 @@ impl Node {
             Some(Role::Serve(..)) => self.on_serve_frame(io, conn, msg),
             Some(Role::Peer { file, slot }) => {
                 let (file, slot) = (file.clone(), *slot);
-                self.with_download(io, &file, |dl, io| dl.on_message(now, slot, msg, io));
+                self.with_download(io, &file, |dl, io| dl.handle_message(now, slot, msg, io));
             }
             None => {}
         }
@@ -481,7 +481,7 @@ impl Node {
                 if let Some(t) = self.downloads.get_mut(&*file) {
                     t.slots.remove(&slot);
                 }
-                self.with_download(io, &file, |dl, io| dl.on_closed(now, slot, io));
+                self.with_download(io, &file, |dl, io| dl.handle_closed(now, slot, io));
             }
             Some(Role::Serve(..)) | None => {}
         }

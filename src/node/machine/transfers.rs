@@ -130,7 +130,7 @@ impl Node {
         while !peers.failed.is_empty() && rounds < 1000 {
             rounds += 1;
             for slot in std::mem::take(&mut peers.failed) {
-                transfer.dl.on_closed(now, slot, &mut peers);
+                transfer.dl.handle_closed(now, slot, &mut peers);
             }
         }
         self.after_download(io, file);
