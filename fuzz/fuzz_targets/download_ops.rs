@@ -39,6 +39,7 @@ use std::time::{Duration, Instant};
 
 use arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
+use shoal::hex::hex;
 use shoal::node::bitfield::Bitfield;
 use shoal::node::download::{Download, DownloadConfig, Notice, PeerIo, RootPin};
 use shoal::node::peer::SlotId;
@@ -64,11 +65,6 @@ const MAX_STEPS: usize = 256;
 
 /// Largest store the driver will allocate: anything bigger was never verified.
 const MAX_STORE: u64 = 8 << 20;
-
-/// Lowercase hex, as a pin is written.
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
 
 /// Whether `SHOAL_FUZZ_TRACE` is set: then every step and notice is printed (for triage).
 fn tracing() -> bool {

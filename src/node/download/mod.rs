@@ -39,8 +39,8 @@ pub use versions::{split_pin, RootPin, MIN_PIN_HEX};
 use super::bitfield::Bitfield;
 use super::peer::{Outstanding, Peer, PeerPhase, SlotId};
 use super::picker::Picker;
+use crate::hex::short_hex;
 use crate::storage::{self, Hash, Layout, PieceStore, StorageError};
-use crate::wire::short_hex;
 use crate::wire::{
     BlockRequest, FileInfo, Message, Owner, RootHash, SizeInformation, MAX_BLOCK_LEN,
     MAX_HASHES_PER_FRAME,

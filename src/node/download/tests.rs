@@ -373,7 +373,7 @@ fn a_pinned_download_takes_only_its_version() {
         owner(2, ia, &a, Acts::Honest),
         owner(3, ib, &b, Acts::Honest),
     ];
-    let pin = RootPin::parse(&crate::node::text::hex(&ib.root)[..8]).unwrap();
+    let pin = RootPin::parse(&crate::hex::hex(&ib.root)[..8]).unwrap();
     let out = run(download().with_pin(pin), &owners, Duration::from_secs(60));
     assert_eq!(out.end, Some(Notice::Complete));
     assert_eq!(out.bytes, b);
@@ -415,7 +415,7 @@ fn a_pin_nobody_lists_fails_clearly_and_a_shared_prefix_cannot_deny_it() {
         owner(2, twin, &a, Acts::Honest),
         owner(3, ia, &a, Acts::Honest),
     ];
-    let prefix = &crate::node::text::hex(&ia.root)[..8];
+    let prefix = &crate::hex::hex(&ia.root)[..8];
     let out = run(
         download().with_pin(RootPin::parse(prefix).unwrap()),
         &owners,

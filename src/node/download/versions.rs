@@ -36,7 +36,7 @@ impl RootPin {
 
     /// True if `root` starts with this prefix.
     pub fn matches(&self, root: &RootHash) -> bool {
-        crate::node::text::hex(root).starts_with(&self.hex)
+        crate::hex::hex(root).starts_with(&self.hex)
     }
 
     /// The prefix as given (lowercase).
@@ -150,7 +150,7 @@ impl<S: PartStore> Download<S> {
                 // Anyone can announce a root with a given prefix, so refusing here would let
                 // them deny the pinned file: every match is tried in turn like any version,
                 // and only one whose hashes hold is ever taken.
-                let names: Vec<String> = roots.iter().map(|r| crate::node::text::hex(r)).collect();
+                let names: Vec<String> = roots.iter().map(|r| crate::hex::hex(r)).collect();
                 log::warn!(
                     "{}: root prefix {} matches {}; trying them in turn (a full root avoids this)",
                     self.name,

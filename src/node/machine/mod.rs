@@ -36,12 +36,12 @@ use super::peer::SlotId;
 use super::progress::ShownRate;
 use super::rate::TokenBucket;
 use super::serve::{serve_block, FileView, Library, ServeConn, ServeOutcome, Served};
-use super::text::{esc, hex};
+use super::text::esc;
+use crate::hex::{hex, short_hex};
 pub use crate::reactor::{CloseReason, ConnId};
 use crate::storage::{self, DiskDone, Folder, Hash, Layout, PartialFile, SharedFile};
 use crate::wire::{
-    self, short_hex, Decoded, ErrorCode, FileInfo, Limits, Message, NodeSecret, NodeToTracker,
-    RootHash,
+    self, Decoded, ErrorCode, FileInfo, Limits, Message, NodeSecret, NodeToTracker, RootHash,
 };
 
 /// Pending output a serving connection is topped up to.
