@@ -1065,6 +1065,7 @@ impl Sim {
                     .attach_store(self.now, store, &claimed, &mut self.io);
             }
             Notice::PieceDone(piece) => {
+                let piece = piece.0;
                 assert!(self.done.insert(piece), "PieceDone({piece}) twice");
                 let info = self
                     .dl

@@ -13,6 +13,7 @@ pub mod download;
 pub mod machine;
 pub mod peer;
 pub mod picker;
+pub mod piece;
 pub mod progress;
 pub mod rate;
 pub mod run;

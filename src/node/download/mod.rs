@@ -39,6 +39,7 @@ pub use versions::{split_pin, RootPin, MIN_PIN_HEX};
 use super::bitfield::Bitfield;
 use super::peer::{Outstanding, Peer, PeerPhase, SlotId};
 use super::picker::Picker;
+use super::piece::PieceIndex;
 use crate::hex::short_hex;
 use crate::storage::{self, Hash, Layout, PieceStore, StorageError};
 use crate::wire::{
@@ -109,7 +110,7 @@ pub enum Notice {
         info: FileInfo,
     },
     /// A piece was verified and written: others may now be served it.
-    PieceDone(u32),
+    PieceDone(PieceIndex),
     /// Every piece is verified: flush and rename the store, then call [`Download::finished`].
     Complete,
     /// The download stopped; verified pieces stay on disk for a resume.
@@ -482,8 +483,8 @@ fn layout_of(info: FileInfo) -> Layout {
 }
 
 /// Block requests covering `piece`: one per `MAX_BLOCK_LEN`.
-fn blocks_of(layout: Layout, piece: u32) -> impl Iterator<Item = Outstanding> {
-    let len = layout.piece_len(piece);
+fn blocks_of(layout: Layout, piece: PieceIndex) -> impl Iterator<Item = Outstanding> {
+    let len = layout.piece_len(piece.0);
     (0..len.div_ceil(MAX_BLOCK_LEN)).map(move |i| {
         let offset = i * MAX_BLOCK_LEN;
         Outstanding {
@@ -497,7 +498,7 @@ fn blocks_of(layout: Layout, piece: u32) -> impl Iterator<Item = Outstanding> {
 fn request_of(root: RootHash, r: &Outstanding) -> BlockRequest {
     BlockRequest {
         root,
-        piece: r.piece,
+        piece: r.piece.0,
         offset: r.offset,
         len: r.len,
     }

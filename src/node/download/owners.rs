@@ -122,7 +122,14 @@ impl<S: PartStore> Download<S> {
                 if Some(block.root) != self.state.info().map(|i| i.root) {
                     self.lose_peer(now, slot, Some("sent data of another file"), io);
                 } else {
-                    self.on_block(now, slot, block.piece, block.offset, block.data, io);
+                    self.on_block(
+                        now,
+                        slot,
+                        PieceIndex(block.piece),
+                        block.offset,
+                        block.data,
+                        io,
+                    );
                 }
             }
             Message::HavePiece { root, piece } => {
@@ -130,7 +137,7 @@ impl<S: PartStore> Download<S> {
                     if let Some(peer) = self.peers.get_mut(&slot) {
                         if peer.phase == PeerPhase::Ready && peer.has.set(*piece) {
                             if let Some(picker) = self.state.picker_mut() {
-                                picker.gained(*piece);
+                                picker.gained(PieceIndex(*piece));
                             }
                         }
                     }

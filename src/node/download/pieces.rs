@@ -17,32 +17,32 @@ impl<S: PartStore> Download<S> {
         let pieces = layout.piece_count();
         let mut budget = self.config.verify_step_bytes;
         while verify.next < pieces && budget > 0 {
-            let piece = verify.next;
+            let piece = PieceIndex(verify.next);
             verify.next += 1;
-            if !verify.claimed.get(piece as usize).copied().unwrap_or(false) {
+            if !verify.claimed.get(piece.idx()).copied().unwrap_or(false) {
                 continue;
             }
-            let len = layout.piece_len(piece);
+            let len = layout.piece_len(piece.0);
             let hash = if verify.checked {
-                Ok(fetch.hashes[piece as usize])
+                Ok(fetch.hashes[piece.idx()])
             } else {
                 budget = budget.saturating_sub(u64::from(len));
                 storage::hash_stored_piece(
                     &fetch.store,
-                    layout.piece_offset(piece),
+                    layout.piece_offset(piece.0),
                     len,
                     &mut self.scratch,
                 )
             };
             match hash {
-                Ok(hash) if hash == fetch.hashes[piece as usize] => {
+                Ok(hash) if hash == fetch.hashes[piece.idx()] => {
                     fetch.picker.complete(piece);
                     self.kept_bytes += u64::from(len);
                     self.notices.push_back(Notice::PieceDone(piece));
                 }
                 Ok(_) => {
                     log::info!("{}: piece {piece} left by an earlier run fails its hash; fetching it again", self.name);
-                    if let Err(e) = fetch.store.mark_bad(piece) {
+                    if let Err(e) = fetch.store.mark_bad(piece.0) {
                         self.fail(io, format!("cannot record the state of {}: {e}", self.name));
                         return;
                     }
@@ -82,7 +82,7 @@ impl<S: PartStore> Download<S> {
         &mut self,
         now: Instant,
         slot: SlotId,
-        piece: u32,
+        piece: PieceIndex,
         offset: u32,
         data: &[u8],
         io: &mut dyn PeerIo,
@@ -119,16 +119,16 @@ impl<S: PartStore> Download<S> {
         let Some(fetch) = self.state.fetching_mut() else {
             return;
         };
-        if fetch.picker.have().get(piece) {
+        if fetch.picker.have().get(piece.0) {
             self.refetched_bytes += u64::from(len);
             self.fill(now, io);
             return;
         }
-        let piece_len = layout.piece_len(piece);
-        let at = layout.piece_offset(piece) + u64::from(offset);
+        let piece_len = layout.piece_len(piece.0);
+        let at = layout.piece_offset(piece.0) + u64::from(offset);
         if offset == 0 && len == piece_len {
             // The whole piece is in hand: check it before it touches the disk.
-            if storage::hash_piece(data) != fetch.hashes[piece as usize] {
+            if storage::hash_piece(data) != fetch.hashes[piece.idx()] {
                 self.reject_piece(now, slot, piece, io);
                 return;
             }
@@ -158,11 +158,11 @@ impl<S: PartStore> Download<S> {
             peer.partial_pieces.retain(|&(p, _)| p != piece);
             match storage::hash_stored_piece(
                 &fetch.store,
-                layout.piece_offset(piece),
+                layout.piece_offset(piece.0),
                 piece_len,
                 &mut self.scratch,
             ) {
-                Ok(hash) if hash == fetch.hashes[piece as usize] => {}
+                Ok(hash) if hash == fetch.hashes[piece.idx()] => {}
                 Ok(_) => {
                     self.reject_piece(now, slot, piece, io);
                     return;
@@ -183,7 +183,7 @@ impl<S: PartStore> Download<S> {
         &mut self,
         now: Instant,
         slot: SlotId,
-        piece: u32,
+        piece: PieceIndex,
         io: &mut dyn PeerIo,
     ) {
         if let Some(picker) = self.state.picker_mut() {
@@ -197,13 +197,13 @@ impl<S: PartStore> Download<S> {
         &mut self,
         now: Instant,
         slot: SlotId,
-        piece: u32,
+        piece: PieceIndex,
         io: &mut dyn PeerIo,
     ) {
         let Some(fetch) = self.state.fetching_mut() else {
             return;
         };
-        if let Err(e) = fetch.store.mark_done(piece) {
+        if let Err(e) = fetch.store.mark_done(piece.0) {
             self.fail(io, format!("cannot record progress of {}: {e}", self.name));
             return;
         }
@@ -212,7 +212,7 @@ impl<S: PartStore> Download<S> {
         picker.release(piece);
         fetch.asked_at.remove(&piece);
         if let Some(peer) = self.peers.get_mut(&slot) {
-            let bytes = u64::from(layout_of(fetch.info).piece_len(piece));
+            let bytes = u64::from(layout_of(fetch.info).piece_len(piece.0));
             peer.delivered += bytes;
             *self.sources.entry(peer.name.clone()).or_default() += bytes;
         }
@@ -305,8 +305,8 @@ impl<S: PartStore> Download<S> {
                 None if peer.requests.is_empty() => {
                     let asked_at = &fetch.asked_at;
                     let patience = self.config.endgame_after;
-                    let not_yet = |p: u32| {
-                        layout.piece_len(p) > MAX_BLOCK_LEN
+                    let not_yet = |p: PieceIndex| {
+                        layout.piece_len(p.0) > MAX_BLOCK_LEN
                             || asked_at
                                 .get(&p)
                                 .is_some_and(|&t| now.saturating_duration_since(t) < patience)
@@ -359,8 +359,8 @@ impl<S: PartStore> Download<S> {
                 if room == 0 {
                     break 'owners;
                 }
-                let single = r.offset == 0 && r.len == layout.piece_len(r.piece);
-                if single && picker.copies(r.piece) == 1 && taker.has.get(r.piece) {
+                let single = r.offset == 0 && r.len == layout.piece_len(r.piece.0);
+                if single && picker.copies(r.piece) == 1 && taker.has.get(r.piece.0) {
                     moved.push((from, *r));
                     room = room.saturating_sub(u64::from(r.len));
                 }

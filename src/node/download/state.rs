@@ -35,7 +35,7 @@ pub(super) struct Fetching<S> {
     pub(super) picker: Picker,
     pub(super) store: S,
     /// When each piece in flight was last asked for (endgame copies wait for late ones).
-    pub(super) asked_at: HashMap<u32, Instant>,
+    pub(super) asked_at: HashMap<PieceIndex, Instant>,
 }
 
 /// Re-hashing the pieces an earlier run recorded as verified, a step at a time.

@@ -33,6 +33,7 @@ use super::command::{self, Command};
 use super::config::NodeConfig;
 use super::download::{split_pin, Download, Notice, PeerIo, Phase, Progress, RootPin};
 use super::peer::SlotId;
+use super::piece::PieceIndex;
 use super::progress::ShownRate;
 use super::rate::TokenBucket;
 use super::serve::{serve_block, FileView, Library, ServeConn, ServeOutcome, Served};

@@ -206,7 +206,7 @@ impl Node {
         });
     }
 
-    pub(super) fn piece_done(&mut self, io: &mut dyn NodeIo, file: &str, piece: u32) {
+    pub(super) fn piece_done(&mut self, io: &mut dyn NodeIo, file: &str, piece: PieceIndex) {
         let Some(transfer) = self.downloads.get_mut(file) else {
             return;
         };
@@ -223,7 +223,7 @@ impl Node {
         }
         let have = Message::HavePiece {
             root: info.root,
-            piece,
+            piece: piece.0,
         };
         for (&conn, role) in &self.conns {
             if let Role::Serve(serve, _) = role {
