@@ -268,6 +268,7 @@ fn back_pressure_bounds_output_of_a_client_that_does_not_read() {
         write_high_water: 256 * 1024,
         write_low_water: 64 * 1024,
         socket_buf: Some(64 * 1024),
+        notsent_lowat: Some(16 * 1024),
         max_inbound: 16,
         max_inbound_per_ip: 16,
         max_outbound: 16,

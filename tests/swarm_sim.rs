@@ -266,7 +266,7 @@ fn simulate(net: &mut Net, config: DownloadConfig) -> (Outcome, Download<MemStor
                 complete: m.has.is_full(),
             })
             .collect();
-        dl.on_owners(start, &owners, net);
+        dl.handle_owners(start, &owners, net);
     }
     // Owners that die take their connections down at their time of death.
     for (i, model) in net.owners.clone().iter().enumerate() {
@@ -314,12 +314,12 @@ fn simulate(net: &mut Net, config: DownloadConfig) -> (Outcome, Download<MemStor
                 match event {
                     Event::Connected(slot) => {
                         if net.slots.contains_key(&slot) {
-                            dl.on_connected(net.now, slot, net);
+                            dl.handle_connected(net.now, slot, net);
                         }
                     }
                     Event::Closed(slot) => {
                         net.disconnect(slot);
-                        dl.on_closed(net.now, slot, net);
+                        dl.handle_closed(net.now, slot, net);
                     }
                     Event::UplinkFree(owner) => {
                         if net.alive(owner, net.now) {
@@ -338,7 +338,7 @@ fn simulate(net: &mut Net, config: DownloadConfig) -> (Outcome, Download<MemStor
                         else {
                             panic!("an owner frame does not decode");
                         };
-                        dl.on_message(net.now, slot, &msg, net);
+                        dl.handle_message(net.now, slot, &msg, net);
                     }
                 }
             }

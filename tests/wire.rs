@@ -436,8 +436,8 @@ fn bad_utf8_and_bad_names() {
         ("", "empty"),
         (".", "`.` or `..`"),
         ("..", "`.` or `..`"),
-        ("a/b", "contains a path separator"),
-        ("..\\x", "contains a path separator"),
+        ("a/b", "contains '/'"),
+        ("..\\x", "contains '\\'"),
         ("a\0", "contains NUL"),
         ("a\x1b[31m", "contains a control character"),
         ("a\u{85}", "contains a control character"),
@@ -456,7 +456,7 @@ fn bad_utf8_and_bad_names() {
     }
     assert_eq!(
         check_name(&"n".repeat(MAX_NAME_LEN + 1)),
-        Err(WireError::BadName("longer than MAX_NAME_LEN bytes"))
+        Err(WireError::BadName("longer than 255 bytes"))
     );
     assert_eq!(check_name(&"n".repeat(MAX_NAME_LEN)), Ok(()));
     assert_eq!(check_name("..."), Ok(()));

@@ -39,6 +39,7 @@ use std::time::{Duration, Instant};
 
 use arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
+use shoal::hex::hex;
 use shoal::node::bitfield::Bitfield;
 use shoal::node::download::{Download, DownloadConfig, Notice, PeerIo, RootPin};
 use shoal::node::peer::SlotId;
@@ -64,11 +65,6 @@ const MAX_STEPS: usize = 256;
 
 /// Largest store the driver will allocate: anything bigger was never verified.
 const MAX_STORE: u64 = 8 << 20;
-
-/// Lowercase hex, as a pin is written.
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
 
 /// Whether `SHOAL_FUZZ_TRACE` is set: then every step and notice is printed (for triage).
 fn tracing() -> bool {
@@ -715,7 +711,7 @@ impl Sim {
         };
         self.io.listed.extend(list.owners.iter().map(|o| o.addr));
         self.io.versions.extend(list.owners.iter().map(|o| o.info));
-        self.dl.on_owners(self.now, &list.owners, &mut self.io);
+        self.dl.handle_owners(self.now, &list.owners, &mut self.io);
     }
 
     /// Resolves a pick to a slot: an open or pending one, or (high bit set) any ever made.
@@ -750,7 +746,7 @@ impl Sim {
             return;
         }
         self.io.disconnect(slot);
-        self.dl.on_closed(self.now, slot, &mut self.io);
+        self.dl.handle_closed(self.now, slot, &mut self.io);
     }
 
     /// Sends `msg` from the owner on `slot`: encoded, decoded, then handed over.
@@ -767,7 +763,7 @@ impl Sim {
             match decode_frame(bytes, &Limits::default()) {
                 Ok(Decoded::Frame(msg, used)) => {
                     bytes = &bytes[used..];
-                    self.dl.on_message(self.now, slot, &msg, &mut self.io);
+                    self.dl.handle_message(self.now, slot, &msg, &mut self.io);
                 }
                 Ok(Decoded::NeedMore(_)) => return,
                 Err(_) => return self.close(slot),
@@ -949,7 +945,7 @@ impl Sim {
                 if let Some(c) = self.io.conns.get_mut(&slot) {
                     c.state = ConnState::Open;
                 }
-                self.dl.on_connected(self.now, slot, &mut self.io);
+                self.dl.handle_connected(self.now, slot, &mut self.io);
             }
             (Event::Closed, _) => self.close(slot),
             // Nothing else happens on a connection that is not open.
@@ -1069,6 +1065,7 @@ impl Sim {
                     .attach_store(self.now, store, &claimed, &mut self.io);
             }
             Notice::PieceDone(piece) => {
+                let piece = piece.0;
                 assert!(self.done.insert(piece), "PieceDone({piece}) twice");
                 let info = self
                     .dl

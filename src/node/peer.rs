@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use super::bitfield::Bitfield;
+use super::piece::PieceIndex;
 
 /// Identifies one owner connection within a download; never reused, so stale events are ignored.
 pub type SlotId = u64;
@@ -23,8 +24,8 @@ pub enum PeerPhase {
 /// One block asked of an owner and not yet answered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Outstanding {
-    /// Piece index.
-    pub piece: u32,
+    /// The piece.
+    pub piece: PieceIndex,
     /// Offset within the piece.
     pub offset: u32,
     /// Block length.
@@ -47,7 +48,7 @@ pub struct Peer {
     /// Sum of `requests` lengths.
     pub outstanding_bytes: u64,
     /// Bytes of a multi-block piece received so far, by piece.
-    pub partial_pieces: Vec<(u32, u32)>,
+    pub partial_pieces: Vec<(PieceIndex, u32)>,
     /// When this owner last made progress (connected, answered, delivered bytes).
     pub last_progress: Instant,
     /// Estimated delivery rate in bytes per second (0 until measured).
@@ -143,12 +144,12 @@ impl Peer {
     }
 
     /// True if a block of `piece` is asked of this owner.
-    pub fn is_fetching(&self, piece: u32) -> bool {
+    pub fn is_fetching(&self, piece: PieceIndex) -> bool {
         self.requests.iter().any(|r| r.piece == piece)
     }
 
     /// Forgets every outstanding block of `piece`; returns true if there was any.
-    pub fn forget_piece(&mut self, piece: u32) -> bool {
+    pub fn forget_piece(&mut self, piece: PieceIndex) -> bool {
         let before = self.requests.len();
         self.requests.retain(|r| r.piece != piece);
         self.outstanding_bytes = self.requests.iter().map(|r| u64::from(r.len)).sum();
@@ -157,8 +158,8 @@ impl Peer {
     }
 
     /// Pieces with blocks outstanding, each once, in request order.
-    pub fn pieces_in_flight(&self) -> Vec<u32> {
-        let mut pieces: Vec<u32> = Vec::new();
+    pub fn pieces_in_flight(&self) -> Vec<PieceIndex> {
+        let mut pieces: Vec<PieceIndex> = Vec::new();
         for r in &self.requests {
             if pieces.last() != Some(&r.piece) && !pieces.contains(&r.piece) {
                 pieces.push(r.piece);

@@ -17,6 +17,7 @@
 use std::collections::BTreeSet;
 
 use super::bitfield::Bitfield;
+use super::piece::PieceIndex;
 
 /// Most owners fetching one piece at once (endgame duplicates included).
 pub const MAX_COPIES: u8 = 2;
@@ -28,15 +29,15 @@ pub struct Picker {
     copies: Vec<u8>,
     avail: Vec<u16>,
     /// Queued pieces ordered by (availability, shuffle key, index): the first is the rarest.
-    queue: BTreeSet<(u16, u32, u32)>,
+    queue: BTreeSet<(u16, u32, PieceIndex)>,
     /// InFlight pieces, so endgame picks never scan the whole file.
-    in_flight: BTreeSet<u32>,
+    in_flight: BTreeSet<PieceIndex>,
     seed: u64,
 }
 
 /// A well-mixed 32-bit value of `piece` under `seed` (splitmix64's finaliser).
-fn shuffle_key(seed: u64, piece: u32) -> u32 {
-    let mut z = seed ^ u64::from(piece).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+fn shuffle_key(seed: u64, piece: PieceIndex) -> u32 {
+    let mut z = seed ^ u64::from(piece.0).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     (z ^ (z >> 31)) as u32
@@ -49,6 +50,7 @@ impl Picker {
         let pieces = have.len();
         let queue = (0..pieces)
             .filter(|&p| !have.get(p))
+            .map(PieceIndex)
             .map(|p| (0, shuffle_key(seed, p), p))
             .collect();
         Picker {
@@ -61,9 +63,9 @@ impl Picker {
         }
     }
 
-    fn key(&self, piece: u32) -> (u16, u32, u32) {
+    fn key(&self, piece: PieceIndex) -> (u16, u32, PieceIndex) {
         (
-            self.avail[piece as usize],
+            self.avail[piece.idx()],
             shuffle_key(self.seed, piece),
             piece,
         )
@@ -72,6 +74,11 @@ impl Picker {
     /// Pieces verified so far.
     pub fn have(&self) -> &Bitfield {
         &self.have
+    }
+
+    /// The verified pieces, once nothing is left to pick.
+    pub fn into_have(self) -> Bitfield {
+        self.have
     }
 
     /// Pieces not yet verified.
@@ -94,24 +101,24 @@ impl Picker {
     /// An owner holding `pieces` connected.
     pub fn add_owner(&mut self, pieces: &Bitfield) {
         for piece in pieces.iter_ones() {
-            self.gained(piece);
+            self.gained(PieceIndex(piece));
         }
     }
 
     /// An owner holding `pieces` went away.
     pub fn remove_owner(&mut self, pieces: &Bitfield) {
         for piece in pieces.iter_ones() {
-            self.set_avail(piece, |a| a.saturating_sub(1));
+            self.set_avail(PieceIndex(piece), |a| a.saturating_sub(1));
         }
     }
 
     /// A connected owner announced `piece`.
-    pub fn gained(&mut self, piece: u32) {
+    pub fn gained(&mut self, piece: PieceIndex) {
         self.set_avail(piece, |a| a.saturating_add(1));
     }
 
-    fn set_avail(&mut self, piece: u32, change: impl Fn(u16) -> u16) {
-        let Some(avail) = self.avail.get_mut(piece as usize) else {
+    fn set_avail(&mut self, piece: PieceIndex, change: impl Fn(u16) -> u16) {
+        let Some(avail) = self.avail.get_mut(piece.idx()) else {
             return;
         };
         let old = *avail;
@@ -124,11 +131,11 @@ impl Picker {
     }
 
     /// The rarest Queued piece `owner` holds, now InFlight.
-    pub fn pick(&mut self, owner: &Bitfield) -> Option<u32> {
-        let &key = self.queue.iter().find(|&&(_, _, p)| owner.get(p))?;
+    pub fn pick(&mut self, owner: &Bitfield) -> Option<PieceIndex> {
+        let &key = self.queue.iter().find(|&&(_, _, p)| owner.get(p.0))?;
         self.queue.remove(&key);
         let piece = key.2;
-        self.copies[piece as usize] = 1;
+        self.copies[piece.idx()] = 1;
         self.in_flight.insert(piece);
         Some(piece)
     }
@@ -139,7 +146,11 @@ impl Picker {
     }
 
     /// Endgame: an InFlight piece `owner` holds with the fewest copies, not one `skip` rejects.
-    pub fn pick_duplicate(&mut self, owner: &Bitfield, skip: impl Fn(u32) -> bool) -> Option<u32> {
+    pub fn pick_duplicate(
+        &mut self,
+        owner: &Bitfield,
+        skip: impl Fn(PieceIndex) -> bool,
+    ) -> Option<PieceIndex> {
         if !self.queue.is_empty() {
             return None;
         }
@@ -147,21 +158,21 @@ impl Picker {
             .in_flight
             .iter()
             .copied()
-            .filter(|&p| self.copies[p as usize] < MAX_COPIES && owner.get(p) && !skip(p))
-            .min_by_key(|&p| self.copies[p as usize])?;
-        self.copies[piece as usize] += 1;
+            .filter(|&p| self.copies[p.idx()] < MAX_COPIES && owner.get(p.0) && !skip(p))
+            .min_by_key(|&p| self.copies[p.idx()])?;
+        self.copies[piece.idx()] += 1;
         Some(piece)
     }
 
     /// One fetch of `piece` gave up (owner gone, timed out, bad data): back to Queued if it was the last.
-    pub fn release(&mut self, piece: u32) {
-        let Some(copies) = self.copies.get_mut(piece as usize) else {
+    pub fn release(&mut self, piece: PieceIndex) {
+        let Some(copies) = self.copies.get_mut(piece.idx()) else {
             return;
         };
         *copies = copies.saturating_sub(1);
         if *copies == 0 {
             self.in_flight.remove(&piece);
-            if !self.have.get(piece) {
+            if !self.have.get(piece.0) {
                 let key = self.key(piece);
                 self.queue.insert(key);
             }
@@ -169,8 +180,8 @@ impl Picker {
     }
 
     /// `piece` was verified: Have. The caller still releases other copies in flight.
-    pub fn complete(&mut self, piece: u32) {
-        if self.have.set(piece) {
+    pub fn complete(&mut self, piece: PieceIndex) {
+        if self.have.set(piece.0) {
             let key = self.key(piece);
             self.queue.remove(&key);
             self.in_flight.remove(&piece);
@@ -178,8 +189,8 @@ impl Picker {
     }
 
     /// Number of fetches of `piece` in flight.
-    pub fn copies(&self, piece: u32) -> u8 {
-        self.copies.get(piece as usize).copied().unwrap_or(0)
+    pub fn copies(&self, piece: PieceIndex) -> u8 {
+        self.copies.get(piece.idx()).copied().unwrap_or(0)
     }
 }
 
@@ -204,13 +215,14 @@ mod tests {
         picker.add_owner(&everyone);
         picker.add_owner(&partial);
         // Pieces 0 and 1 are held by two owners, 2 and 3 by three: 0 and 1 go first.
-        let first = picker.pick(&everyone).expect("a piece");
+        let first = picker.pick(&everyone).expect("a piece").0;
         assert!(first < 2, "picked {first}");
-        let mut from_partial = [picker.pick(&partial), picker.pick(&partial)];
+        let mut from_partial =
+            [picker.pick(&partial), picker.pick(&partial)].map(|p| p.map(|p| p.0));
         from_partial.sort();
         assert_eq!(from_partial, [Some(2), Some(3)]);
         assert_eq!(picker.pick(&partial), None);
-        assert_eq!(picker.pick(&everyone), Some(1 - first));
+        assert_eq!(picker.pick(&everyone), Some(PieceIndex(1 - first)));
         assert_eq!(picker.pick(&everyone), None);
     }
 
@@ -221,7 +233,7 @@ mod tests {
         picker.add_owner(&all);
         let a = picker.pick(&all).expect("a piece");
         let b = picker.pick(&all).expect("another piece");
-        assert_eq!([a.min(b), a.max(b)], [1, 2]);
+        assert_eq!([a.min(b), a.max(b)], [PieceIndex(1), PieceIndex(2)]);
         picker.release(a);
         assert_eq!(picker.pick(&all), Some(a));
         picker.complete(a);
@@ -237,7 +249,7 @@ mod tests {
         let order = |seed| {
             let mut picker = Picker::new(Bitfield::new(64), seed);
             picker.add_owner(&all);
-            std::iter::from_fn(|| picker.pick(&all)).collect::<Vec<u32>>()
+            std::iter::from_fn(|| picker.pick(&all).map(|p| p.0)).collect::<Vec<u32>>()
         };
         let (one, other) = (order(1), order(2));
         assert_ne!(one, other);
@@ -256,11 +268,11 @@ mod tests {
         let mut picker = Picker::new(Bitfield::new(1), 7);
         let all = Bitfield::full(1);
         picker.add_owner(&all);
-        assert_eq!(picker.pick(&all), Some(0));
+        assert_eq!(picker.pick(&all), Some(PieceIndex(0)));
         assert_eq!(picker.pick_duplicate(&all, |_| true), None, "skip honoured");
-        assert_eq!(picker.pick_duplicate(&all, |_| false), Some(0));
+        assert_eq!(picker.pick_duplicate(&all, |_| false), Some(PieceIndex(0)));
         assert_eq!(picker.pick_duplicate(&all, |_| false), None, "copy cap");
-        picker.complete(0);
+        picker.complete(PieceIndex(0));
         assert!(picker.is_complete());
     }
 
@@ -270,7 +282,7 @@ mod tests {
         let first = field(2, &[0]);
         picker.add_owner(&first);
         assert_eq!(picker.unavailable(), 1);
-        picker.gained(1);
+        picker.gained(PieceIndex(1));
         assert_eq!(picker.unavailable(), 0);
         picker.remove_owner(&first);
         assert_eq!(picker.unavailable(), 1);

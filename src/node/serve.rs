@@ -99,7 +99,7 @@ impl ServeConn {
     }
 
     /// Handles one frame from the downloader, writing any immediate answer into `out`.
-    pub fn on_message(
+    pub fn handle_message(
         &mut self,
         msg: &Message<'_>,
         lib: &dyn Library,

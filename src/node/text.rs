@@ -39,16 +39,6 @@ pub(crate) use say_err;
 
 pub use crate::wire::Escaped;
 
-/// Lowercase hex of `bytes` (a root hash in full, to pin a download to it).
-pub fn hex(bytes: &[u8]) -> String {
-    use fmt::Write as _;
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
-}
-
 /// Shorthand for [`Escaped`].
 pub fn esc(name: &str) -> Escaped<'_> {
     Escaped(name)

@@ -208,7 +208,7 @@ impl Folder {
             )));
         }
         let cache_name = format!(".{name}.shoal-hashes");
-        if cache_name.len() + ".tmp".len() > super::MAX_NAME_BYTES {
+        if cache_name.len() + ".tmp".len() > crate::names::MAX_NAME_LEN {
             return Ok(());
         }
         let path = self.dir().join(&cache_name);

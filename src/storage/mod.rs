@@ -2,7 +2,8 @@
 //! temporary file → fsync → atomic rename, piece hashes and resume state,
 //! plus an in-memory backend for tests.
 //!
-//! This module uses nothing of the rest of the crate (std, blake3, log only).
+//! This module uses nothing of the rest of the crate but the leaves [`crate::names`] (the
+//! name rule it shares with `wire`) and [`crate::hex`]; otherwise std, blake3, log only.
 //!
 //! # Pieces and hashes
 //!
@@ -74,9 +75,6 @@ pub use worker::{DiskDone, DiskWorker};
 
 /// BLAKE3 hash of one piece, or of a whole layout (the root).
 pub type Hash = [u8; 32];
-
-/// Longest name [`check_name`] accepts, in bytes (the usual file-system limit).
-pub const MAX_NAME_BYTES: usize = 255;
 
 /// Domain separation for [`root_hash`]: bump the suffix if the scheme ever changes.
 const ROOT_CONTEXT: &[u8] = b"shoal-root-v1";
@@ -161,16 +159,6 @@ pub fn hash_stored_piece(
         done += chunk as u64;
     }
     Ok(*hasher.finalize().as_bytes())
-}
-
-/// Lower-case hex of the first `n` bytes of `bytes` (for temporary names and logs).
-pub(crate) fn hex_prefix(bytes: &[u8], n: usize) -> String {
-    use fmt::Write;
-    let mut s = String::with_capacity(2 * n);
-    for b in bytes.iter().take(n) {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
 }
 
 /// Everything storage can fail with; the Display text names the file and what went wrong.
@@ -267,34 +255,20 @@ pub(crate) fn own_err(
     }
 }
 
-/// Rules for a name served from or written into a folder: one plain path component — non-empty,
-/// <= 255 bytes, not starting with '.' (reserves the namespace for our temp/state files), no '/', '\\', NUL, control chars.
+/// Rules for a name served from or written into a folder: the name rule of
+/// [`crate::names::check_name`] (one plain path component), and not starting with '.',
+/// which reserves that namespace for our temporary and state files.
 pub fn check_name(name: &str) -> Result<(), StorageError> {
-    let why = if name.is_empty() {
-        Some("empty")
-    } else if name.len() > MAX_NAME_BYTES {
-        Some("longer than 255 bytes")
-    } else if name.starts_with('.') {
+    let checked = if name.starts_with('.') {
         // Also covers "." and "..", and keeps our hidden temp/state names unreachable.
-        Some("starts with '.'")
-    } else if name.contains('/') {
-        Some("contains '/'")
-    } else if name.contains('\\') {
-        Some("contains '\\'")
-    } else if name.contains('\0') {
-        Some("contains NUL")
-    } else if name.chars().any(char::is_control) {
-        Some("contains a control character")
+        Err("starts with '.'")
     } else {
-        None
+        crate::names::check_name(name)
     };
-    match why {
-        None => Ok(()),
-        Some(why) => Err(StorageError::BadName {
-            name: name.to_string(),
-            why,
-        }),
-    }
+    checked.map_err(|why| StorageError::BadName {
+        name: name.to_string(),
+        why,
+    })
 }
 
 /// Positioned byte storage for one file: what a download writes into and an upload reads from.

@@ -36,10 +36,9 @@ use std::sync::Arc;
 
 use super::folder::open_regular;
 use super::worker::Kicker;
-use super::{
-    check_range, hex_prefix, io_err, own_err, DiskWorker, Hash, Layout, PieceStore, StorageError,
-    MAX_NAME_BYTES,
-};
+use super::{check_range, io_err, own_err, DiskWorker, Hash, Layout, PieceStore, StorageError};
+use crate::hex::{hex, short_hex};
+use crate::names::MAX_NAME_LEN;
 
 /// Bytes written between two writeback kicks: big enough to be one efficient disk
 /// request stream, small enough that the final fsync has little left to do.
@@ -56,14 +55,14 @@ const STATE_SUFFIX: &str = ".shoal-state";
 
 /// `.NAME.<root8>`, or `.<blake3(NAME) in 32 hex>.<root8>` when the state name would be over 255 bytes.
 fn temp_base(name: &str, root: &Hash) -> String {
-    let root8 = hex_prefix(root, 4);
+    let root8 = short_hex(root);
     let base = format!(".{name}.{root8}");
-    if base.len() + STATE_SUFFIX.len() <= MAX_NAME_BYTES {
+    if base.len() + STATE_SUFFIX.len() <= MAX_NAME_LEN {
         base
     } else {
         format!(
             ".{}.{root8}",
-            hex_prefix(blake3::hash(name.as_bytes()).as_bytes(), 16)
+            hex(&blake3::hash(name.as_bytes()).as_bytes()[..16])
         )
     }
 }

@@ -7,4 +7,4 @@ pub mod run;
 pub mod state;
 
 pub use run::{bind, bind_with_reactor, TrackerConfig, TrackerServer};
-pub use state::{short_hex, TrackerLimits, TrackerState};
+pub use state::{TrackerLimits, TrackerState};

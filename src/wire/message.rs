@@ -3,7 +3,7 @@
 use std::fmt;
 use std::net::SocketAddr;
 
-use super::{frame::kind, WireError, MAX_NAME_LEN, MAX_PIECE_SIZE, MIN_PIECE_SIZE};
+use super::{frame::kind, WireError, MAX_PIECE_SIZE, MIN_PIECE_SIZE};
 
 /// BLAKE3 root hash naming one version of a file: the hash of its layout and piece hashes.
 pub type RootHash = [u8; 32];
@@ -263,30 +263,9 @@ impl FileInfo {
     }
 }
 
-/// The name rule shared by file and node names.
-///
-/// Non-empty, at most `MAX_NAME_LEN` bytes, not `.` or `..`, and no `/`, `\`, NUL or
-/// control character: a name received from the network is always one plain file
-/// name, never a path, and cannot forge log lines.
+/// The name rule (see [`crate::names::check_name`]) for every name in a message.
 pub fn check_name(name: &str) -> Result<(), WireError> {
-    if name.is_empty() {
-        return Err(WireError::BadName("empty"));
-    }
-    if name.len() > MAX_NAME_LEN {
-        return Err(WireError::BadName("longer than MAX_NAME_LEN bytes"));
-    }
-    if name == "." || name == ".." {
-        return Err(WireError::BadName("`.` or `..`"));
-    }
-    for c in name.chars() {
-        match c {
-            '/' | '\\' => return Err(WireError::BadName("contains a path separator")),
-            '\0' => return Err(WireError::BadName("contains NUL")),
-            c if c.is_control() => return Err(WireError::BadName("contains a control character")),
-            _ => {}
-        }
-    }
-    Ok(())
+    crate::names::check_name(name).map_err(WireError::BadName)
 }
 
 /// A name (or any text a peer sent) as it may be logged: control characters (which could forge log lines or

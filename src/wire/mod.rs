@@ -1,6 +1,7 @@
 //! Bytes ⇄ messages: the frame header, CRC32, every message, an incremental decoder.
 //!
-//! This module uses nothing else of the crate (only `std`, `byteorder`, `crc32fast`).
+//! This module uses nothing else of the crate but the leaf [`crate::names`] (the name
+//! rule it shares with `storage`); otherwise only `std`, `byteorder`, `crc32fast`.
 //!
 //! # Contract
 //!
@@ -89,11 +90,6 @@ pub use error::WireError;
 pub use frame::{check_header, kind, FrameHeader, HeaderStatus, Limits};
 pub use message::*;
 
-/// The first eight hex digits of a root hash, for logs (shared by the tracker and the node).
-pub fn short_hex(root: &RootHash) -> String {
-    root[..4].iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// First two bytes of every frame: tells a shoal stream from a stray connection at once.
 pub const MAGIC: [u8; 2] = *b"SH";
 /// Protocol version carried in every frame header.
@@ -111,7 +107,7 @@ pub const MIN_PIECE_SIZE: u32 = 16 << 10;
 /// Largest piece size a `FileInfo` may carry.
 pub const MAX_PIECE_SIZE: u32 = 64 << 20;
 /// Longest file or node name, in bytes.
-pub const MAX_NAME_LEN: usize = 255;
+pub use crate::names::MAX_NAME_LEN;
 /// Longest error reason, in bytes.
 pub const MAX_REASON_LEN: usize = 1024;
 /// Most owners one `TrackerToNode` frame lists.

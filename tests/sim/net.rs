@@ -149,7 +149,10 @@ impl Net {
             };
             let end = &self.links[link].ends[side];
             let receiver = self.links[link].ends[1 - side].ep;
-            if end.in_flight >= WINDOW || self.down_free[receiver] > self.now + DOWNLINK_QUEUE {
+            // The receiver's downlink queue as a chunk sent now would find it on arrival.
+            let arrives = self.now + self.rtt_half(ep, receiver);
+            let queued = self.down_free[receiver].saturating_duration_since(arrives);
+            if end.in_flight >= WINDOW || queued > DOWNLINK_QUEUE {
                 // Stays in `may_send`: the window opens as its bytes arrive.
                 continue;
             }

@@ -29,7 +29,7 @@ impl<S: PartStore> Download<S> {
                 peer.addr
             ),
         }
-        if let Some(picker) = self.picker.as_mut() {
+        if let Some(picker) = self.state.picker_mut() {
             for piece in peer.pieces_in_flight() {
                 picker.release(piece);
             }
@@ -48,10 +48,12 @@ impl<S: PartStore> Download<S> {
                 self.config.reconnect_backoff * 2u32.saturating_pow(c.failures.min(5) - 1);
             c.retry_at = Some(now + backoff);
         }
-        if self.hash_source == Some(slot) {
-            self.hash_source = None;
-            self.hash_asked.clear();
-            self.request_hashes(now, io);
+        if let State::Hashes(fetch) = &mut self.state {
+            if fetch.source == Some(slot) {
+                fetch.source = None;
+                fetch.asked.clear();
+                self.request_hashes(now, io);
+            }
         }
         self.connect_more(now, io);
         self.fill(now, io);
@@ -60,7 +62,7 @@ impl<S: PartStore> Download<S> {
 
     /// Drops `slot` for sending bad data and never uses that owner again in this download.
     pub(super) fn ban(&mut self, now: Instant, slot: SlotId, why: &str, io: &mut dyn PeerIo) {
-        if let (Some(peer), Some(info)) = (self.peers.get(&slot), self.info) {
+        if let (Some(peer), Some(info)) = (self.peers.get(&slot), self.state.info()) {
             self.banned.insert((peer.addr, info.root));
             self.candidates.remove(&peer.addr);
         }
@@ -71,7 +73,10 @@ impl<S: PartStore> Download<S> {
         if self.is_over() {
             return;
         }
-        self.phase = Phase::Failed;
+        self.advance(|state| {
+            let (info, have, store) = state.into_parts();
+            State::Failed { info, have, store }
+        });
         for (&slot, _) in std::mem::take(&mut self.peers).iter() {
             io.disconnect(slot);
         }
@@ -83,22 +88,21 @@ impl<S: PartStore> Download<S> {
         if self.is_over() {
             return;
         }
-        if self.phase == Phase::Verify && self.verify_due.is_some_and(|t| t <= now) {
+        if matches!(&self.state, State::Verify(verify) if verify.due <= now) {
             self.verify_step(now, io);
         }
         if now < self.next_tick {
             return;
         }
         self.next_tick = now + TICK;
-        if let Some(store) = self.store.as_mut() {
+        if let Some(store) = self.state.store_mut() {
             if let Err(e) = store.save_marks() {
                 self.fail(io, format!("cannot record progress of {}: {e}", self.name));
                 return;
             }
         }
-        if self.phase == Phase::Owners {
-            if self
-                .starving_since
+        if let State::Owners { starving_since } = self.state {
+            if starving_since
                 .is_some_and(|t| now.saturating_duration_since(t) >= self.config.owner_wait)
             {
                 let reason = self.no_version_reason();
@@ -106,6 +110,10 @@ impl<S: PartStore> Download<S> {
             }
             return;
         }
+        let hash_source = match &self.state {
+            State::Hashes(fetch) => fetch.source,
+            _ => None,
+        };
         let mut stalled = Vec::new();
         for (&slot, peer) in self.peers.iter_mut() {
             peer.sample_rate(now);
@@ -116,7 +124,7 @@ impl<S: PartStore> Download<S> {
                     self.config.min_stall_timeout,
                     self.config.first_byte_timeout,
                 )),
-                PeerPhase::Ready if self.hash_source == Some(slot) => {
+                PeerPhase::Ready if hash_source == Some(slot) => {
                     Some(self.config.first_byte_timeout)
                 }
                 PeerPhase::Ready => None,
@@ -139,14 +147,14 @@ impl<S: PartStore> Download<S> {
     /// Fails the download when nothing has arrived from any owner for `no_source_timeout`:
     /// owners that connect but never deliver count as no owner at all.
     pub(super) fn check_sources(&mut self, now: Instant, io: &mut dyn PeerIo) {
-        if !matches!(self.phase, Phase::Hashes | Phase::Pieces) {
+        if !matches!(self.state, State::Hashes(_) | State::Pieces(_)) {
             return;
         }
         if now.saturating_duration_since(self.last_delivery) < self.config.no_source_timeout {
             return;
         }
         let waited = self.config.no_source_timeout.as_secs_f64();
-        let reason = match &self.picker {
+        let reason = match self.state.fetching().map(|f| &f.picker) {
             Some(picker) => format!(
                 "{}: {} of {} pieces missing and no owner delivered any for {waited:.0} s; verified pieces are kept for a resume",
                 self.name,

@@ -1,11 +1,15 @@
 //! One download's sans-IO state machine: owners → layout → hashes → pieces → done.
 //!
-//! Inputs are method calls with the time passed in (`on_owners`, `on_connected`,
-//! `on_message`, `on_closed`, `handle_timeout`); outputs are connection actions
+//! Inputs are method calls with the time passed in (`handle_owners`, `handle_connected`,
+//! `handle_message`, `handle_closed`, `handle_timeout`); outputs are connection actions
 //! through a [`PeerIo`] the caller supplies, and [`Notice`]s polled with
 //! [`Download::poll_notice`]. Pieces are written through the [`PartStore`]
 //! the caller attaches once the layout is verified, so the whole machine runs
 //! in simulated time against an in-memory store in tests.
+//!
+//! What the download holds lives in one `State` variant per phase (`state.rs`): the hashes
+//! exist only once fetched, the picker and store only once attached, so no step can
+//! run on data its phase does not have.
 //!
 //! Data safety rules:
 //! - a piece of one block is hashed while still in the read buffer and written
@@ -19,20 +23,25 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+mod hashes;
 mod health;
+mod owners;
 mod pieces;
+mod state;
 #[cfg(test)]
 mod tests;
 mod versions;
 
+use state::{Fetching, HashFetch, State, Verifying};
 use versions::Listed;
 pub use versions::{split_pin, RootPin, MIN_PIN_HEX};
 
 use super::bitfield::Bitfield;
 use super::peer::{Outstanding, Peer, PeerPhase, SlotId};
 use super::picker::Picker;
+use super::piece::PieceIndex;
+use crate::hex::short_hex;
 use crate::storage::{self, Hash, Layout, PieceStore, StorageError};
-use crate::wire::short_hex;
 use crate::wire::{
     BlockRequest, FileInfo, Message, Owner, RootHash, SizeInformation, MAX_BLOCK_LEN,
     MAX_HASHES_PER_FRAME,
@@ -84,11 +93,11 @@ impl PartStore for storage::MemStore {
 
 /// Connection actions a download asks of its driver.
 pub trait PeerIo {
-    /// Open a connection for `slot` to `addr`; report back with `on_connected` or `on_closed`.
+    /// Open a connection for `slot` to `addr`; report back with `handle_connected` or `handle_closed`.
     fn connect(&mut self, slot: SlotId, addr: SocketAddr);
     /// Send `msg` on `slot`'s connection.
     fn send(&mut self, slot: SlotId, msg: &Message<'_>);
-    /// Close `slot`'s connection; no `on_closed` is expected for it.
+    /// Close `slot`'s connection; no `handle_closed` is expected for it.
     fn disconnect(&mut self, slot: SlotId);
 }
 
@@ -101,7 +110,7 @@ pub enum Notice {
         info: FileInfo,
     },
     /// A piece was verified and written: others may now be served it.
-    PieceDone(u32),
+    PieceDone(PieceIndex),
     /// Every piece is verified: flush and rename the store, then call [`Download::finished`].
     Complete,
     /// The download stopped; verified pieces stay on disk for a resume.
@@ -200,8 +209,7 @@ pub struct Download<S> {
     name: String,
     my_name: String,
     config: DownloadConfig,
-    phase: Phase,
-    info: Option<FileInfo>,
+    state: State<S>,
     candidates: BTreeMap<SocketAddr, Candidate>,
     /// Owners that sent bad data for a version (a ban is per version: an address may hold several).
     banned: HashSet<(SocketAddr, RootHash)>,
@@ -211,28 +219,12 @@ pub struct Download<S> {
     listed: Vec<Listed>,
     /// Versions given up on, with why; never tried again in this download.
     abandoned: Vec<(FileInfo, String)>,
-    /// When the current version was chosen or last got hashes it needed (an answer to the
-    /// size question alone proves nothing: anyone can echo the layout back).
-    version_progress: Instant,
-    /// Hash ranges (first, count) asked of the hash source and not yet answered.
-    hash_asked: Vec<(u32, u32)>,
     /// The tracker answered at all (an empty list included).
     heard_owners: bool,
     peers: BTreeMap<SlotId, Peer>,
     next_slot: SlotId,
-    hashes: Vec<Hash>,
-    hashes_got: Vec<bool>,
-    hash_source: Option<SlotId>,
-    picker: Option<Picker>,
-    store: Option<S>,
-    verify_next: u32,
-    verify_due: Option<Instant>,
-    claimed: Vec<bool>,
-    /// The claims were already checked against the hashes (by the driver, off the network thread).
-    claims_checked: bool,
+    /// Reused buffer for reading pieces back.
     scratch: Vec<u8>,
-    /// Owners phase: since when the tracker has listed nobody.
-    starving_since: Option<Instant>,
     /// When something needed last arrived (hashes we lacked, a requested block): the give-up clock.
     last_delivery: Instant,
     next_tick: Instant,
@@ -242,12 +234,10 @@ pub struct Download<S> {
     kept_bytes: u64,
     /// Verified bytes each owner (by name) delivered.
     sources: BTreeMap<String, u64>,
-    /// When each piece in flight was last asked for (endgame copies wait for late ones).
-    asked_at: HashMap<u32, Instant>,
 }
 
 /// Where `addr` comes in a download's connect order (a hash under its seed).
-fn addr_key(seed: u64, addr: &SocketAddr) -> u64 {
+pub(super) fn addr_key(seed: u64, addr: &SocketAddr) -> u64 {
     use std::hash::{Hash as _, Hasher as _};
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     (seed, addr).hash(&mut hasher);
@@ -264,29 +254,18 @@ impl<S: PartStore> Download<S> {
             name: name.to_owned(),
             my_name: my_name.to_owned(),
             config,
-            phase: Phase::Owners,
-            info: None,
+            state: State::Owners {
+                starving_since: None,
+            },
             candidates: BTreeMap::new(),
             banned: HashSet::new(),
             pin: None,
             listed: Vec::new(),
             abandoned: Vec::new(),
-            version_progress: now,
-            hash_asked: Vec::new(),
             heard_owners: false,
             peers: BTreeMap::new(),
             next_slot: 1,
-            hashes: Vec::new(),
-            hashes_got: Vec::new(),
-            hash_source: None,
-            picker: None,
-            store: None,
-            verify_next: 0,
-            verify_due: None,
-            claimed: Vec::new(),
-            claims_checked: false,
             scratch: Vec::new(),
-            starving_since: None,
             last_delivery: now,
             next_tick: now + TICK,
             notices: VecDeque::new(),
@@ -294,7 +273,6 @@ impl<S: PartStore> Download<S> {
             fetched_bytes: 0,
             kept_bytes: 0,
             sources: BTreeMap::new(),
-            asked_at: HashMap::new(),
         }
     }
 
@@ -305,47 +283,50 @@ impl<S: PartStore> Download<S> {
 
     /// The version being fetched, once chosen.
     pub fn info(&self) -> Option<FileInfo> {
-        self.info
+        self.state.info()
     }
 
     /// Where it stands.
     pub fn phase(&self) -> Phase {
-        self.phase
+        self.state.phase()
     }
 
     /// True once finished or failed.
     pub fn is_over(&self) -> bool {
-        matches!(self.phase, Phase::Done | Phase::Failed)
+        matches!(self.state, State::Done { .. } | State::Failed { .. })
     }
 
-    /// Pieces verified so far (None before the layout is known).
+    /// Pieces verified so far (None before a store is attached).
     pub fn have(&self) -> Option<&Bitfield> {
-        self.picker.as_ref().map(Picker::have)
+        self.state.have()
     }
 
     /// The attached store, for serving verified pieces to others.
     pub fn store(&self) -> Option<&S> {
-        self.store.as_ref()
+        self.state.store()
     }
 
     /// Writes the verified-piece record now (it is otherwise saved every tick).
     pub fn save_marks(&mut self) -> Result<(), StorageError> {
-        self.store.as_mut().map_or(Ok(()), PartStore::save_marks)
+        self.state.store_mut().map_or(Ok(()), PartStore::save_marks)
     }
 
-    /// Hands the store back to the driver (to finish or close it).
+    /// Hands the store back to the driver (to finish it once complete, or close it once failed).
     pub fn take_store(&mut self) -> Option<S> {
-        self.store.take()
+        self.state.take_store()
     }
 
-    /// Hands the verified piece hashes to the driver once the download is complete.
+    /// Hands the verified piece hashes to the driver once the download is done (empty before).
     pub fn hashes_owned(&mut self) -> Vec<Hash> {
-        std::mem::take(&mut self.hashes)
+        match &mut self.state {
+            State::Done { hashes, .. } => std::mem::take(hashes),
+            _ => Vec::new(),
+        }
     }
 
     /// The piece hashes, once verified.
     pub fn hashes(&self) -> Option<&[Hash]> {
-        (self.phase as u8 >= Phase::Store as u8 && !self.is_over()).then_some(&self.hashes[..])
+        self.state.hashes()
     }
 
     /// Bytes fetched more than once (bad data, lost owners, endgame copies).
@@ -375,17 +356,19 @@ impl<S: PartStore> Download<S> {
 
     /// A progress snapshot.
     pub fn progress(&self) -> Progress {
-        let total = self.info.map_or(0, |i| i.size);
-        let done = match (&self.picker, self.layout()) {
-            (Some(picker), Some(layout)) => picker
-                .have()
-                .iter_ones()
-                .map(|p| u64::from(layout.piece_len(p)))
-                .sum(),
+        let info = self.state.info();
+        let total = info.map_or(0, |i| i.size);
+        let done = match (self.state.have(), info) {
+            (Some(have), Some(info)) => {
+                let layout = layout_of(info);
+                have.iter_ones()
+                    .map(|p| u64::from(layout.piece_len(p)))
+                    .sum()
+            }
             _ => 0,
         };
         Progress {
-            phase: self.phase,
+            phase: self.state.phase(),
             done,
             total,
             rate: self.peers.values().map(|p| p.rate).sum(),
@@ -399,322 +382,17 @@ impl<S: PartStore> Download<S> {
 
     /// A seed that differs between nodes (and files), so equally rare pieces are fetched in
     /// different orders by different downloaders and they have pieces to trade.
-    fn shuffle_seed(&self) -> u64 {
+    pub(super) fn shuffle_seed(&self) -> u64 {
         use std::hash::{Hash as _, Hasher as _};
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         (&self.my_name, &self.name).hash(&mut hasher);
         hasher.finish()
     }
 
-    fn layout(&self) -> Option<Layout> {
-        self.info.map(|i| Layout {
-            size: i.size,
-            piece_size: i.piece_size,
-        })
-    }
-
-    /// The tracker's owner list for this file (first answer or an update).
-    pub fn on_owners(&mut self, now: Instant, owners: &[Owner<'_>], io: &mut dyn PeerIo) {
-        if self.is_over() {
-            return;
-        }
-        self.remember_owners(owners);
-        if self.info.is_none() && !self.choose_version(now) {
-            return;
-        }
-        self.add_candidates(now, io);
-    }
-
-    /// Takes the listed owners of the chosen version as candidates, forgets unlisted ones.
-    fn add_candidates(&mut self, now: Instant, io: &mut dyn PeerIo) {
-        let Some(info) = self.info else { return };
-        let listed: HashSet<SocketAddr> = self
-            .listed
-            .iter()
-            .filter(|o| o.info.root == info.root)
-            .map(|o| o.addr)
-            .collect();
-        self.candidates.retain(|addr, _| listed.contains(addr));
-        for owner in self.listed.iter().filter(|o| o.info == info) {
-            if self.banned.contains(&(owner.addr, info.root)) {
-                continue;
-            }
-            self.candidates
-                .entry(owner.addr)
-                .or_insert_with(|| Candidate {
-                    name: owner.name.clone(),
-                    retry_at: None,
-                    failures: 0,
-                });
-        }
-        self.connect_more(now, io);
-    }
-
-    /// Opens connections to known owners not yet connected, up to the cap.
-    fn connect_more(&mut self, now: Instant, io: &mut dyn PeerIo) {
-        if !matches!(
-            self.phase,
-            Phase::Hashes | Phase::Store | Phase::Verify | Phase::Pieces
-        ) || self.info.is_some_and(|i| i.size == 0)
-        {
-            return;
-        }
-        let connected: HashSet<SocketAddr> = self.peers.values().map(|p| p.addr).collect();
-        let mut ready: Vec<(SocketAddr, String)> = self
-            .candidates
-            .iter()
-            .filter(|(addr, c)| !connected.contains(addr) && c.retry_at.is_none_or(|t| t <= now))
-            .map(|(addr, c)| (*addr, c.name.clone()))
-            .collect();
-        // With more owners than `max_peers`, each download picks its own: in address order
-        // a whole crowd would connect to the same few and leave the others' uploads idle.
-        let seed = self.shuffle_seed();
-        ready.sort_by_cached_key(|(addr, _)| addr_key(seed, addr));
-        for (addr, name) in ready {
-            if self.peers.len() >= self.config.max_peers {
-                break;
-            }
-            let slot = self.next_slot;
-            self.next_slot += 1;
-            self.peers.insert(slot, Peer::new(addr, name, now));
-            io.connect(slot, addr);
-        }
-    }
-
-    /// `slot`'s connection is up: ask for the layout and pieces.
-    pub fn on_connected(&mut self, now: Instant, slot: SlotId, io: &mut dyn PeerIo) {
-        let Some(info) = self.info else { return };
-        let Some(peer) = self.peers.get_mut(&slot) else {
-            return;
-        };
-        if peer.phase != PeerPhase::Connecting {
-            return;
-        }
-        peer.phase = PeerPhase::Asked;
-        peer.last_progress = now;
-        io.send(
-            slot,
-            &Message::SizeInformation(SizeInformation::Question {
-                name: &self.name,
-                root: Some(info.root),
-            }),
-        );
-    }
-
-    /// `slot`'s connection closed (or never opened): its work goes back to the others.
-    pub fn on_closed(&mut self, now: Instant, slot: SlotId, io: &mut dyn PeerIo) {
-        if self.peers.contains_key(&slot) {
-            self.lose_peer(now, slot, None, io);
-        }
-    }
-
-    /// A frame arrived on `slot`.
-    pub fn on_message(
-        &mut self,
-        now: Instant,
-        slot: SlotId,
-        msg: &Message<'_>,
-        io: &mut dyn PeerIo,
-    ) {
-        if !self.peers.contains_key(&slot) || self.is_over() {
-            return;
-        }
-        match msg {
-            Message::SizeInformation(SizeInformation::Answer { name, info, have }) => {
-                self.on_answer(now, slot, name, info, have, io)
-            }
-            Message::Hashes {
-                root,
-                first,
-                hashes,
-            } => self.on_hashes(now, slot, root, *first, hashes, io),
-            Message::FileCommunication(block) => {
-                if Some(block.root) != self.info.map(|i| i.root) {
-                    self.lose_peer(now, slot, Some("sent data of another file"), io);
-                } else {
-                    self.on_block(now, slot, block.piece, block.offset, block.data, io);
-                }
-            }
-            Message::HavePiece { root, piece } => {
-                if Some(*root) == self.info.map(|i| i.root) {
-                    if let Some(peer) = self.peers.get_mut(&slot) {
-                        if peer.phase == PeerPhase::Ready && peer.has.set(*piece) {
-                            if let Some(picker) = self.picker.as_mut() {
-                                picker.gained(*piece);
-                            }
-                        }
-                    }
-                    self.fill(now, io);
-                }
-            }
-            Message::Error { code, reason } => {
-                let why = format!("refused: {code:?}: {}", crate::node::text::esc(reason));
-                self.lose_peer(now, slot, Some(&why), io);
-            }
-            Message::KeepAlive => {}
-            other => {
-                let why = format!("sent an unexpected message of type {}", other.type_code());
-                self.lose_peer(now, slot, Some(&why), io);
-            }
-        }
-    }
-
-    fn on_answer(
-        &mut self,
-        now: Instant,
-        slot: SlotId,
-        name: &str,
-        info: &FileInfo,
-        have: &[u8],
-        io: &mut dyn PeerIo,
-    ) {
-        let Some(expected) = self.info else { return };
-        if self
-            .peers
-            .get(&slot)
-            .is_some_and(|p| p.phase != PeerPhase::Asked)
-        {
-            self.lose_peer(now, slot, Some("answered a question it was not asked"), io);
-            return;
-        }
-        if name != self.name || *info != expected {
-            self.lose_peer(now, slot, Some("answered with another file's layout"), io);
-            return;
-        }
-        let pieces = layout_of(expected).piece_count();
-        let Some(has) = Bitfield::from_wire(have, pieces) else {
-            self.lose_peer(now, slot, Some("sent a malformed piece bitfield"), io);
-            return;
-        };
-        let Some(peer) = self.peers.get_mut(&slot) else {
-            return;
-        };
-        peer.phase = PeerPhase::Ready;
-        peer.last_progress = now;
-        peer.has = has;
-        if let Some(c) = self.candidates.get_mut(&peer.addr) {
-            c.failures = 0;
-        }
-        if let Some(picker) = self.picker.as_mut() {
-            picker.add_owner(&peer.has);
-        }
-        self.request_hashes(now, io);
-        self.fill(now, io);
-    }
-
-    /// Asks one ready owner for every piece hash not yet received.
-    fn request_hashes(&mut self, now: Instant, io: &mut dyn PeerIo) {
-        if self.phase != Phase::Hashes || self.hash_source.is_some() {
-            return;
-        }
-        let Some(info) = self.info else { return };
-        let Some((&slot, peer)) = self
-            .peers
-            .iter_mut()
-            .find(|(_, p)| p.phase == PeerPhase::Ready)
-        else {
-            return;
-        };
-        let pieces = layout_of(info).piece_count();
-        if self.hashes.len() != pieces as usize {
-            self.hashes = vec![[0; 32]; pieces as usize];
-            self.hashes_got = vec![false; pieces as usize];
-        }
-        self.hash_source = Some(slot);
-        self.hash_asked.clear();
-        peer.last_progress = now;
-        let mut first = 0;
-        while first < pieces {
-            let count = (pieces - first).min(MAX_HASHES_PER_FRAME);
-            if !self.hashes_got[first as usize] {
-                self.hash_asked.push((first, count));
-                io.send(
-                    slot,
-                    &Message::HashRequest {
-                        root: info.root,
-                        first,
-                        count,
-                    },
-                );
-            }
-            first += count;
-        }
-    }
-
-    fn on_hashes(
-        &mut self,
-        now: Instant,
-        slot: SlotId,
-        root: &RootHash,
-        first: u32,
-        hashes: &[u8],
-        io: &mut dyn PeerIo,
-    ) {
-        let Some(info) = self.info else { return };
-        if self.phase != Phase::Hashes || self.hash_source != Some(slot) {
-            return;
-        }
-        let count = hashes.len() / 32;
-        let fits = (first as usize)
-            .checked_add(count)
-            .is_some_and(|end| end <= self.hashes.len());
-        if *root != info.root || !fits || hashes.len() % 32 != 0 {
-            self.lose_peer(
-                now,
-                slot,
-                Some("sent hashes that do not fit the layout"),
-                io,
-            );
-            return;
-        }
-        // Only the exact answer to a range we asked counts: a source trickling a few hashes
-        // at a time must not hold the download in this phase with tiny deliveries.
-        let Some(asked) = self
-            .hash_asked
-            .iter()
-            .position(|&(f, c)| f == first && c as usize == count)
-        else {
-            self.lose_peer(now, slot, Some("sent hashes it was not asked for"), io);
-            return;
-        };
-        self.hash_asked.swap_remove(asked);
-        let mut new = false;
-        for (i, hash) in hashes.chunks_exact(32).enumerate() {
-            let index = first as usize + i;
-            new |= !self.hashes_got[index];
-            self.hashes[index].copy_from_slice(hash);
-            self.hashes_got[index] = true;
-        }
-        if new {
-            self.last_delivery = now;
-            self.version_progress = now;
-            if let Some(peer) = self.peers.get_mut(&slot) {
-                peer.last_progress = now;
-            }
-        }
-        if self.hashes_got.iter().all(|&got| got) {
-            if storage::root_hash(layout_of(info), &self.hashes) != info.root {
-                self.hashes_got.iter_mut().for_each(|g| *g = false);
-                self.ban(
-                    now,
-                    slot,
-                    "sent piece hashes that do not match the root hash",
-                    io,
-                );
-                return;
-            }
-            self.hash_source = None;
-            self.hash_asked.clear();
-            self.phase = Phase::Store;
-            self.notices.push_back(Notice::NeedStore { info });
-        }
-    }
-
     /// The driver attached storage; `claimed` are pieces a previous run recorded as verified,
     /// re-hashed here in steps before they count.
     pub fn attach_store(&mut self, now: Instant, store: S, claimed: &[bool], io: &mut dyn PeerIo) {
-        self.claims_checked = false;
-        self.attach(now, store, claimed, io);
+        self.attach(now, store, claimed, false, io);
     }
 
     /// As [`attach_store`](Self::attach_store), but `checked` are pieces the driver has
@@ -727,32 +405,61 @@ impl<S: PartStore> Download<S> {
         checked: &[bool],
         io: &mut dyn PeerIo,
     ) {
-        self.claims_checked = true;
-        self.attach(now, store, checked, io);
+        self.attach(now, store, checked, true, io);
     }
 
-    fn attach(&mut self, now: Instant, store: S, claimed: &[bool], io: &mut dyn PeerIo) {
-        if self.phase != Phase::Store {
-            return;
-        }
-        let Some(info) = self.info else { return };
+    fn attach(
+        &mut self,
+        now: Instant,
+        store: S,
+        claimed: &[bool],
+        checked: bool,
+        io: &mut dyn PeerIo,
+    ) {
+        let (info, hashes) = match &mut self.state {
+            State::Store { info, hashes } => (*info, std::mem::take(hashes)),
+            _ => return,
+        };
         let pieces = layout_of(info).piece_count();
-        self.store = Some(store);
         let mut picker = Picker::new(Bitfield::new(pieces), self.shuffle_seed());
         for peer in self.peers.values().filter(|p| p.phase == PeerPhase::Ready) {
             picker.add_owner(&peer.has);
         }
-        self.picker = Some(picker);
-        self.claimed = claimed.iter().take(pieces as usize).copied().collect();
-        self.verify_next = 0;
-        self.phase = Phase::Verify;
+        self.state = State::Verify(Verifying {
+            fetch: Fetching {
+                info,
+                hashes,
+                picker,
+                store,
+                asked_at: HashMap::new(),
+            },
+            next: 0,
+            due: now,
+            claimed: claimed.iter().take(pieces as usize).copied().collect(),
+            checked,
+        });
         self.verify_step(now, io);
     }
+
     /// The driver flushed and renamed the file: the download is done.
     pub fn finished(&mut self) {
-        if self.phase == Phase::Finishing {
-            self.phase = Phase::Done;
-        }
+        self.advance(|state| match state {
+            State::Finishing {
+                info, hashes, have, ..
+            } => State::Done { info, hashes, have },
+            other => other,
+        });
+    }
+
+    /// Replaces the state with what `next` makes of it (a phase change moves its data).
+    fn advance(&mut self, next: impl FnOnce(State<S>) -> State<S>) {
+        let old = std::mem::replace(
+            &mut self.state,
+            State::Owners {
+                starving_since: None,
+            },
+        );
+        self.state = next(old);
     }
 
     /// Stops the download (user request, or the driver could not store it); pieces stay for a resume.
@@ -762,13 +469,11 @@ impl<S: PartStore> Download<S> {
 
     /// When [`Download::handle_timeout`] should next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        if self.is_over() || self.phase == Phase::Finishing {
-            return None;
+        match &self.state {
+            State::Finishing { .. } | State::Done { .. } | State::Failed { .. } => None,
+            State::Verify(verify) => Some(verify.due.min(self.next_tick)),
+            _ => Some(self.next_tick),
         }
-        Some(
-            self.verify_due
-                .map_or(self.next_tick, |due| due.min(self.next_tick)),
-        )
     }
 }
 
@@ -786,8 +491,8 @@ fn layout_of(info: FileInfo) -> Layout {
 }
 
 /// Block requests covering `piece`: one per `MAX_BLOCK_LEN`.
-fn blocks_of(layout: Layout, piece: u32) -> impl Iterator<Item = Outstanding> {
-    let len = layout.piece_len(piece);
+fn blocks_of(layout: Layout, piece: PieceIndex) -> impl Iterator<Item = Outstanding> {
+    let len = layout.piece_len(piece.0);
     (0..len.div_ceil(MAX_BLOCK_LEN)).map(move |i| {
         let offset = i * MAX_BLOCK_LEN;
         Outstanding {
@@ -801,7 +506,7 @@ fn blocks_of(layout: Layout, piece: u32) -> impl Iterator<Item = Outstanding> {
 fn request_of(root: RootHash, r: &Outstanding) -> BlockRequest {
     BlockRequest {
         root,
-        piece: r.piece,
+        piece: r.piece.0,
         offset: r.offset,
         len: r.len,
     }

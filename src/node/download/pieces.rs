@@ -9,41 +9,40 @@ const STEAL_SCAN: usize = 64;
 impl<S: PartStore> Download<S> {
     /// Re-verifies up to `verify_step_bytes` of claimed pieces; moves on to fetching when done.
     pub(super) fn verify_step(&mut self, now: Instant, io: &mut dyn PeerIo) {
-        let (Some(info), Some(store), Some(picker)) =
-            (self.info, self.store.as_mut(), self.picker.as_mut())
-        else {
+        let State::Verify(verify) = &mut self.state else {
             return;
         };
-        let layout = layout_of(info);
+        let fetch = &mut verify.fetch;
+        let layout = layout_of(fetch.info);
         let pieces = layout.piece_count();
         let mut budget = self.config.verify_step_bytes;
-        while self.verify_next < pieces && budget > 0 {
-            let piece = self.verify_next;
-            self.verify_next += 1;
-            if !self.claimed.get(piece as usize).copied().unwrap_or(false) {
+        while verify.next < pieces && budget > 0 {
+            let piece = PieceIndex(verify.next);
+            verify.next += 1;
+            if !verify.claimed.get(piece.idx()).copied().unwrap_or(false) {
                 continue;
             }
-            let len = layout.piece_len(piece);
-            let hash = if self.claims_checked {
-                Ok(self.hashes[piece as usize])
+            let len = layout.piece_len(piece.0);
+            let hash = if verify.checked {
+                Ok(fetch.hashes[piece.idx()])
             } else {
                 budget = budget.saturating_sub(u64::from(len));
                 storage::hash_stored_piece(
-                    &*store,
-                    layout.piece_offset(piece),
+                    &fetch.store,
+                    layout.piece_offset(piece.0),
                     len,
                     &mut self.scratch,
                 )
             };
             match hash {
-                Ok(hash) if hash == self.hashes[piece as usize] => {
-                    picker.complete(piece);
+                Ok(hash) if hash == fetch.hashes[piece.idx()] => {
+                    fetch.picker.complete(piece);
                     self.kept_bytes += u64::from(len);
                     self.notices.push_back(Notice::PieceDone(piece));
                 }
                 Ok(_) => {
                     log::info!("{}: piece {piece} left by an earlier run fails its hash; fetching it again", self.name);
-                    if let Err(e) = store.mark_bad(piece) {
+                    if let Err(e) = fetch.store.mark_bad(piece.0) {
                         self.fail(io, format!("cannot record the state of {}: {e}", self.name));
                         return;
                     }
@@ -55,21 +54,23 @@ impl<S: PartStore> Download<S> {
             }
         }
         self.scratch = Vec::new();
-        if self.verify_next < pieces {
-            self.verify_due = Some(now);
+        if verify.next < pieces {
+            verify.due = now;
             return;
         }
-        self.verify_due = None;
-        self.claimed = Vec::new();
-        let kept = picker.have().count();
+        let kept = fetch.picker.have().count();
+        let complete = fetch.picker.is_complete();
         if kept > 0 {
             log::info!(
                 "{}: resuming with {kept} of {pieces} pieces already verified",
                 self.name
             );
         }
-        self.phase = Phase::Pieces;
-        if picker.is_complete() {
+        self.advance(|state| match state {
+            State::Verify(verify) => State::Pieces(verify.fetch),
+            other => other,
+        });
+        if complete {
             self.complete(io);
         } else {
             self.fill(now, io);
@@ -81,12 +82,14 @@ impl<S: PartStore> Download<S> {
         &mut self,
         now: Instant,
         slot: SlotId,
-        piece: u32,
+        piece: PieceIndex,
         offset: u32,
         data: &[u8],
         io: &mut dyn PeerIo,
     ) {
-        let Some(info) = self.info else { return };
+        let Some(info) = self.state.info() else {
+            return;
+        };
         let layout = layout_of(info);
         let Some(peer) = self.peers.get_mut(&slot) else {
             return;
@@ -113,28 +116,28 @@ impl<S: PartStore> Download<S> {
         peer.requests.remove(pos);
         peer.outstanding_bytes -= u64::from(len);
         peer.received(now, u64::from(len));
-        let (Some(picker), Some(store)) = (self.picker.as_mut(), self.store.as_mut()) else {
+        let Some(fetch) = self.state.fetching_mut() else {
             return;
         };
-        if picker.have().get(piece) {
+        if fetch.picker.have().get(piece.0) {
             self.refetched_bytes += u64::from(len);
             self.fill(now, io);
             return;
         }
-        let piece_len = layout.piece_len(piece);
-        let at = layout.piece_offset(piece) + u64::from(offset);
+        let piece_len = layout.piece_len(piece.0);
+        let at = layout.piece_offset(piece.0) + u64::from(offset);
         if offset == 0 && len == piece_len {
             // The whole piece is in hand: check it before it touches the disk.
-            if storage::hash_piece(data) != self.hashes[piece as usize] {
+            if storage::hash_piece(data) != fetch.hashes[piece.idx()] {
                 self.reject_piece(now, slot, piece, io);
                 return;
             }
-            if let Err(e) = store.write_at(at, data) {
+            if let Err(e) = fetch.store.write_at(at, data) {
                 self.fail(io, format!("cannot write {}: {e}", self.name));
                 return;
             }
         } else {
-            if let Err(e) = store.write_at(at, data) {
+            if let Err(e) = fetch.store.write_at(at, data) {
                 self.fail(io, format!("cannot write {}: {e}", self.name));
                 return;
             }
@@ -154,12 +157,12 @@ impl<S: PartStore> Download<S> {
             }
             peer.partial_pieces.retain(|&(p, _)| p != piece);
             match storage::hash_stored_piece(
-                &*store,
-                layout.piece_offset(piece),
+                &fetch.store,
+                layout.piece_offset(piece.0),
                 piece_len,
                 &mut self.scratch,
             ) {
-                Ok(hash) if hash == self.hashes[piece as usize] => {}
+                Ok(hash) if hash == fetch.hashes[piece.idx()] => {}
                 Ok(_) => {
                     self.reject_piece(now, slot, piece, io);
                     return;
@@ -180,10 +183,10 @@ impl<S: PartStore> Download<S> {
         &mut self,
         now: Instant,
         slot: SlotId,
-        piece: u32,
+        piece: PieceIndex,
         io: &mut dyn PeerIo,
     ) {
-        if let Some(picker) = self.picker.as_mut() {
+        if let Some(picker) = self.state.picker_mut() {
             picker.release(piece);
         }
         let why = format!("sent piece {piece} failing its hash");
@@ -194,23 +197,22 @@ impl<S: PartStore> Download<S> {
         &mut self,
         now: Instant,
         slot: SlotId,
-        piece: u32,
+        piece: PieceIndex,
         io: &mut dyn PeerIo,
     ) {
-        let (Some(info), Some(picker), Some(store)) =
-            (self.info, self.picker.as_mut(), self.store.as_mut())
-        else {
+        let Some(fetch) = self.state.fetching_mut() else {
             return;
         };
-        if let Err(e) = store.mark_done(piece) {
+        if let Err(e) = fetch.store.mark_done(piece.0) {
             self.fail(io, format!("cannot record progress of {}: {e}", self.name));
             return;
         }
+        let picker = &mut fetch.picker;
         picker.complete(piece);
         picker.release(piece);
-        self.asked_at.remove(&piece);
+        fetch.asked_at.remove(&piece);
         if let Some(peer) = self.peers.get_mut(&slot) {
-            let bytes = u64::from(layout_of(info).piece_len(piece));
+            let bytes = u64::from(layout_of(fetch.info).piece_len(piece.0));
             peer.delivered += bytes;
             *self.sources.entry(peer.name.clone()).or_default() += bytes;
         }
@@ -220,7 +222,7 @@ impl<S: PartStore> Download<S> {
                 continue;
             }
             for r in peer.requests.iter().filter(|r| r.piece == piece) {
-                io.send(other, &Message::Cancel(request_of(info.root, r)));
+                io.send(other, &Message::Cancel(request_of(fetch.info.root, r)));
                 peer.excused_bytes += u64::from(r.len);
             }
             peer.forget_piece(piece);
@@ -235,7 +237,15 @@ impl<S: PartStore> Download<S> {
     }
 
     pub(super) fn complete(&mut self, io: &mut dyn PeerIo) {
-        self.phase = Phase::Finishing;
+        self.advance(|state| match state {
+            State::Verify(Verifying { fetch, .. }) | State::Pieces(fetch) => State::Finishing {
+                info: fetch.info,
+                hashes: fetch.hashes,
+                have: fetch.picker.into_have(),
+                store: Some(fetch.store),
+            },
+            other => other,
+        });
         for (&slot, _) in std::mem::take(&mut self.peers).iter() {
             io.disconnect(slot);
         }
@@ -249,12 +259,10 @@ impl<S: PartStore> Download<S> {
     /// partial owner with room and nothing left to pick takes over a piece waiting at a
     /// complete owner (`steal_from_complete`).
     pub(super) fn fill(&mut self, now: Instant, io: &mut dyn PeerIo) {
-        if self.phase != Phase::Pieces {
-            return;
-        }
-        let Some(info) = self.info.filter(|_| self.picker.is_some()) else {
+        let State::Pieces(fetch) = &self.state else {
             return;
         };
+        let info = fetch.info;
         let (complete, partial): (Vec<SlotId>, Vec<SlotId>) = self
             .peers
             .iter()
@@ -280,23 +288,25 @@ impl<S: PartStore> Download<S> {
         root: RootHash,
         io: &mut dyn PeerIo,
     ) {
-        let (Some(picker), Some(peer)) = (self.picker.as_mut(), self.peers.get_mut(&slot)) else {
+        let (State::Pieces(fetch), Some(peer)) = (&mut self.state, self.peers.get_mut(&slot))
+        else {
             return;
         };
+        let picker = &mut fetch.picker;
         while peer.outstanding_bytes < peer.window() {
             let piece = match picker.pick(&peer.has) {
                 Some(piece) => {
-                    self.asked_at.insert(piece, now);
+                    fetch.asked_at.insert(piece, now);
                     piece
                 }
                 // Endgame: only an owner with nothing left to do takes a copy of a piece
                 // another owner has held for a while, one at a time, so copies stay few,
                 // go to whoever is free, and only chase pieces that are late.
                 None if peer.requests.is_empty() => {
-                    let asked_at = &self.asked_at;
+                    let asked_at = &fetch.asked_at;
                     let patience = self.config.endgame_after;
-                    let not_yet = |p: u32| {
-                        layout.piece_len(p) > MAX_BLOCK_LEN
+                    let not_yet = |p: PieceIndex| {
+                        layout.piece_len(p.0) > MAX_BLOCK_LEN
                             || asked_at
                                 .get(&p)
                                 .is_some_and(|&t| now.saturating_duration_since(t) < patience)
@@ -331,9 +341,10 @@ impl<S: PartStore> Download<S> {
         root: RootHash,
         io: &mut dyn PeerIo,
     ) {
-        let (Some(picker), Some(taker)) = (self.picker.as_ref(), self.peers.get(&slot)) else {
+        let (State::Pieces(fetch), Some(taker)) = (&self.state, self.peers.get(&slot)) else {
             return;
         };
+        let picker = &fetch.picker;
         let mut room = taker.window().saturating_sub(taker.outstanding_bytes);
         if room == 0 {
             return;
@@ -348,8 +359,8 @@ impl<S: PartStore> Download<S> {
                 if room == 0 {
                     break 'owners;
                 }
-                let single = r.offset == 0 && r.len == layout.piece_len(r.piece);
-                if single && picker.copies(r.piece) == 1 && taker.has.get(r.piece) {
+                let single = r.offset == 0 && r.len == layout.piece_len(r.piece.0);
+                if single && picker.copies(r.piece) == 1 && taker.has.get(r.piece.0) {
                     moved.push((from, *r));
                     room = room.saturating_sub(u64::from(r.len));
                 }
@@ -366,7 +377,9 @@ impl<S: PartStore> Download<S> {
                 taker.outstanding_bytes += u64::from(r.len);
                 taker.requests.push_back(r);
             }
-            self.asked_at.insert(r.piece, now);
+            if let State::Pieces(fetch) = &mut self.state {
+                fetch.asked_at.insert(r.piece, now);
+            }
         }
     }
 }

@@ -110,7 +110,7 @@ fn run(mut dl: Download<MemStore>, owners: &[Owner_], limit: Duration) -> Outcom
             complete: true,
         })
         .collect();
-    dl.on_owners(now, &listed, &mut io);
+    dl.handle_owners(now, &listed, &mut io);
     let mut slots: HashMap<SlotId, usize> = HashMap::new();
     // Frames for the downloader, due at a time: (due, slot, bytes).
     let mut pending: Vec<(Instant, SlotId, Vec<u8>)> = Vec::new();
@@ -146,14 +146,14 @@ fn run(mut dl: Download<MemStore>, owners: &[Owner_], limit: Duration) -> Outcom
         if let Some((slot, addr)) = io.connects.pop() {
             contacted.push(addr);
             let Some(i) = owners.iter().position(|o| o.addr == addr) else {
-                dl.on_closed(now, slot, &mut io);
+                dl.handle_closed(now, slot, &mut io);
                 continue;
             };
             if owners[i].acts == Acts::Unreachable {
-                dl.on_closed(now, slot, &mut io);
+                dl.handle_closed(now, slot, &mut io);
             } else {
                 slots.insert(slot, i);
-                dl.on_connected(now, slot, &mut io);
+                dl.handle_connected(now, slot, &mut io);
             }
             continue;
         }
@@ -174,7 +174,7 @@ fn run(mut dl: Download<MemStore>, owners: &[Owner_], limit: Duration) -> Outcom
                 let (_, slot, frame) = pending.remove(0);
                 if slots.contains_key(&slot) {
                     match decode_frame(&frame, &Limits::default()) {
-                        Ok(Decoded::Frame(msg, _)) => dl.on_message(now, slot, &msg, &mut io),
+                        Ok(Decoded::Frame(msg, _)) => dl.handle_message(now, slot, &msg, &mut io),
                         other => panic!("model sent a bad frame: {other:?}"),
                     }
                 }
@@ -373,7 +373,7 @@ fn a_pinned_download_takes_only_its_version() {
         owner(2, ia, &a, Acts::Honest),
         owner(3, ib, &b, Acts::Honest),
     ];
-    let pin = RootPin::parse(&crate::node::text::hex(&ib.root)[..8]).unwrap();
+    let pin = RootPin::parse(&crate::hex::hex(&ib.root)[..8]).unwrap();
     let out = run(download().with_pin(pin), &owners, Duration::from_secs(60));
     assert_eq!(out.end, Some(Notice::Complete));
     assert_eq!(out.bytes, b);
@@ -415,7 +415,7 @@ fn a_pin_nobody_lists_fails_clearly_and_a_shared_prefix_cannot_deny_it() {
         owner(2, twin, &a, Acts::Honest),
         owner(3, ia, &a, Acts::Honest),
     ];
-    let prefix = &crate::node::text::hex(&ia.root)[..8];
+    let prefix = &crate::hex::hex(&ia.root)[..8];
     let out = run(
         download().with_pin(RootPin::parse(prefix).unwrap()),
         &owners,
@@ -575,7 +575,7 @@ fn seed_and_partial(
             complete: *complete,
         })
         .collect();
-    dl.on_owners(now, &listed, io);
+    dl.handle_owners(now, &listed, io);
     let slot_of = |addr| {
         io.connects
             .iter()
@@ -590,13 +590,13 @@ fn seed_and_partial(
         partial.set(p);
     }
     for (slot, has) in [(seed_slot, Bitfield::full(pieces)), (peer_slot, partial)] {
-        dl.on_connected(now, slot, io);
+        dl.handle_connected(now, slot, io);
         let answer = Message::SizeInformation(SizeInformation::Answer {
             name: "f",
             info,
             have: has.as_bytes(),
         });
-        dl.on_message(now, slot, &answer, io);
+        dl.handle_message(now, slot, &answer, io);
     }
     // The seed is the hash source: answer its hash requests.
     let hashes: Vec<Hash> = data.chunks(PIECE as usize).map(hash_piece).collect();
@@ -608,7 +608,7 @@ fn seed_and_partial(
                 first,
                 hashes: got.as_flattened(),
             };
-            dl.on_message(now, seed_slot, &msg, io);
+            dl.handle_message(now, seed_slot, &msg, io);
         }
     }
     let Some(Notice::NeedStore { info }) = dl.poll_notice() else {
@@ -645,7 +645,7 @@ fn a_piece_waiting_at_the_seed_moves_to_a_partial_owner_that_gains_it() {
         root: info.root,
         piece: moved,
     };
-    dl.on_message(Instant::now(), peer, &have, &mut io);
+    dl.handle_message(Instant::now(), peer, &have, &mut io);
     let to_seed: Vec<Vec<u8>> = frames_to(&mut io, seed);
     let cancelled: Vec<u32> = to_seed
         .iter()

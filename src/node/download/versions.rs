@@ -36,7 +36,7 @@ impl RootPin {
 
     /// True if `root` starts with this prefix.
     pub fn matches(&self, root: &RootHash) -> bool {
-        crate::node::text::hex(root).starts_with(&self.hex)
+        crate::hex::hex(root).starts_with(&self.hex)
     }
 
     /// The prefix as given (lowercase).
@@ -150,7 +150,7 @@ impl<S: PartStore> Download<S> {
                 // Anyone can announce a root with a given prefix, so refusing here would let
                 // them deny the pinned file: every match is tried in turn like any version,
                 // and only one whose hashes hold is ever taken.
-                let names: Vec<String> = roots.iter().map(|r| crate::node::text::hex(r)).collect();
+                let names: Vec<String> = roots.iter().map(|r| crate::hex::hex(r)).collect();
                 log::warn!(
                     "{}: root prefix {} matches {}; trying them in turn (a full root avoids this)",
                     self.name,
@@ -162,7 +162,9 @@ impl<S: PartStore> Download<S> {
         let ranked = self.ranked_versions();
         let Some(&info) = ranked.first() else {
             // The tracker pushes the list again as soon as an owner appears.
-            self.starving_since.get_or_insert(now);
+            if let State::Owners { starving_since } = &mut self.state {
+                starving_since.get_or_insert(now);
+            }
             return false;
         };
         let holders = self.listed.iter().filter(|o| o.info == info).count();
@@ -177,16 +179,24 @@ impl<S: PartStore> Download<S> {
                 self.listed.len()
             );
         }
-        self.info = Some(info);
-        self.phase = Phase::Hashes;
-        self.starving_since = None;
         self.last_delivery = now;
-        self.version_progress = now;
-        if info.size == 0 {
-            self.hashes.clear();
-            self.phase = Phase::Store;
+        self.state = if info.size == 0 {
+            // No pieces, so no hashes to fetch: the root was checked when listed.
             self.notices.push_back(Notice::NeedStore { info });
-        }
+            State::Store {
+                info,
+                hashes: Vec::new(),
+            }
+        } else {
+            State::Hashes(HashFetch {
+                info,
+                hashes: Vec::new(),
+                got: Vec::new(),
+                source: None,
+                asked: Vec::new(),
+                progress_at: now,
+            })
+        };
         true
     }
 
@@ -196,17 +206,22 @@ impl<S: PartStore> Download<S> {
     /// owner of it failed or was banned: a publisher whose hashes hold may still never
     /// deliver a piece that matches them.
     pub(super) fn check_version(&mut self, now: Instant, io: &mut dyn PeerIo) {
-        let nothing_verified =
-            self.kept_bytes == 0 && self.picker.as_ref().is_none_or(|p| p.have().count() == 0);
-        let early = match self.phase {
-            Phase::Hashes => true,
-            Phase::Pieces => nothing_verified,
+        let nothing_verified = self.kept_bytes == 0
+            && self
+                .state
+                .fetching()
+                .is_none_or(|f| f.picker.have().count() == 0);
+        let early = match self.state {
+            State::Hashes(_) => true,
+            State::Pieces(_) => nothing_verified,
             _ => false,
         };
         if !early {
             return;
         }
-        let Some(info) = self.info else { return };
+        let Some(info) = self.state.info() else {
+            return;
+        };
         if !self.ranked_versions().iter().any(|v| *v != info) {
             return;
         }
@@ -214,8 +229,8 @@ impl<S: PartStore> Download<S> {
         let patience = self.config.connect_timeout + self.config.first_byte_timeout;
         let why = if all_failed {
             "every owner of it failed or was banned".to_owned()
-        } else if self.phase == Phase::Hashes
-            && now.saturating_duration_since(self.version_progress) > patience
+        } else if matches!(&self.state, State::Hashes(fetch)
+            if now.saturating_duration_since(fetch.progress_at) > patience)
         {
             format!(
                 "no owner answered with its layout and hashes for {:.0} s",
@@ -238,21 +253,20 @@ impl<S: PartStore> Download<S> {
         for (&slot, _) in std::mem::take(&mut self.peers).iter() {
             io.disconnect(slot);
         }
+        let mut store = None;
+        self.advance(|state| {
+            store = state.into_parts().2;
+            State::Owners {
+                starving_since: None,
+            }
+        });
         // Nothing of it was verified: its temporary file holds nothing worth a resume.
-        if let Some(store) = self.store.take() {
+        if let Some(store) = store {
             if let Err(e) = store.discard() {
                 log::warn!("{}: {e}", self.name);
             }
         }
-        self.picker = None;
-        self.asked_at.clear();
         self.candidates.clear();
-        self.hashes.clear();
-        self.hashes_got.clear();
-        self.hash_source = None;
-        self.hash_asked.clear();
-        self.info = None;
-        self.phase = Phase::Owners;
         if self.choose_version(now) {
             self.add_candidates(now, io);
         }

@@ -34,15 +34,16 @@ use super::command::{self, Command};
 use super::config::NodeConfig;
 use super::download::{split_pin, Download, Notice, PeerIo, Phase, Progress, RootPin};
 use super::peer::SlotId;
+use super::piece::PieceIndex;
 use super::progress::ShownRate;
 use super::rate::TokenBucket;
 use super::serve::{serve_block, FileView, Library, ServeConn, ServeOutcome, Served};
-use super::text::{esc, hex};
+use super::text::esc;
+use crate::hex::{hex, short_hex};
 pub use crate::reactor::{CloseReason, ConnId};
 use crate::storage::{self, DiskDone, Folder, Hash, Layout, PartialFile, SharedFile};
 use crate::wire::{
-    self, short_hex, Decoded, ErrorCode, FileInfo, Limits, Message, NodeSecret, NodeToTracker,
-    RootHash,
+    self, Decoded, ErrorCode, FileInfo, Limits, Message, NodeSecret, NodeToTracker, RootHash,
 };
 
 /// Pending output a serving connection is topped up to.
@@ -279,7 +280,7 @@ impl Node {
             Some(Role::Tracker) => self.tracker_connected(io),
             Some(Role::Peer { file, slot }) => {
                 let (file, slot) = (file.clone(), *slot);
-                self.with_download(io, &file, |dl, io| dl.on_connected(now, slot, io));
+                self.with_download(io, &file, |dl, io| dl.handle_connected(now, slot, io));
             }
             _ => {}
         }
@@ -358,7 +359,7 @@ impl Node {
             Some(Role::Serve(..)) => self.on_serve_frame(io, conn, msg),
             Some(Role::Peer { file, slot }) => {
                 let (file, slot) = (file.clone(), *slot);
-                self.with_download(io, &file, |dl, io| dl.on_message(now, slot, msg, io));
+                self.with_download(io, &file, |dl, io| dl.handle_message(now, slot, msg, io));
             }
             None => {}
         }
@@ -497,7 +498,7 @@ impl Node {
                 if let Some(t) = self.downloads.get_mut(&*file) {
                     t.slots.remove(&slot);
                 }
-                self.with_download(io, &file, |dl, io| dl.on_closed(now, slot, io));
+                self.with_download(io, &file, |dl, io| dl.handle_closed(now, slot, io));
             }
             Some(Role::Serve(..)) | None => {}
         }

@@ -246,7 +246,7 @@ impl Node {
             downloads: &self.downloads,
         };
         let Some(out) = io.out_buf(conn) else { return };
-        if serve.on_message(msg, &lib, out) == ServeOutcome::Close {
+        if serve.handle_message(msg, &lib, out) == ServeOutcome::Close {
             log::info!(
                 "closing a serving connection from {:?}: bad request",
                 io.peer_addr(conn)

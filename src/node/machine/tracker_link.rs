@@ -104,7 +104,7 @@ impl Node {
             Message::TrackerToNode(list) => {
                 let now = self.now;
                 let name = list.name.to_owned();
-                self.with_download(io, &name, |dl, io| dl.on_owners(now, &list.owners, io));
+                self.with_download(io, &name, |dl, io| dl.handle_owners(now, &list.owners, io));
             }
             Message::Error { code, reason } => {
                 log::warn!("tracker refused: {} ({code:?})", esc(reason));

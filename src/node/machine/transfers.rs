@@ -130,7 +130,7 @@ impl Node {
         while !peers.failed.is_empty() && rounds < 1000 {
             rounds += 1;
             for slot in std::mem::take(&mut peers.failed) {
-                transfer.dl.on_closed(now, slot, &mut peers);
+                transfer.dl.handle_closed(now, slot, &mut peers);
             }
         }
         self.after_download(io, file);
@@ -237,7 +237,7 @@ impl Node {
         );
     }
 
-    pub(super) fn piece_done(&mut self, io: &mut dyn NodeIo, file: &str, piece: u32) {
+    pub(super) fn piece_done(&mut self, io: &mut dyn NodeIo, file: &str, piece: PieceIndex) {
         let Some(transfer) = self.downloads.get_mut(file) else {
             return;
         };
@@ -246,7 +246,7 @@ impl Node {
         };
         let have = Message::HavePiece {
             root: info.root,
-            piece,
+            piece: piece.0,
         };
         for (&conn, role) in &self.conns {
             if let Role::Serve(serve, _) = role {

@@ -31,7 +31,7 @@ use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-pub use crate::wire::short_hex;
+use crate::hex::short_hex;
 use crate::wire::{ErrorCode, FileInfo, Message, NodeToTracker};
 
 use notify::Due;
