@@ -300,3 +300,30 @@ fn refuse(out: &mut Vec<u8>, code: ErrorCode, reason: &str) -> ServeOutcome {
         _ => ServeOutcome::Close,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_backlog_counts_until_it_is_older_than_the_slow_reader_limit() {
+        let mut conn = ServeConn::new();
+        let t0 = Instant::now();
+        let limit = Duration::from_secs(1);
+        assert!(conn.note_backlog(0, t0, limit), "no backlog: moving");
+        assert!(conn.note_backlog(300, t0, limit), "a fresh backlog counts");
+        assert_eq!(conn.backlog_counts_until(limit), Some(t0 + limit));
+        let later = t0 + Duration::from_millis(999);
+        assert!(
+            conn.note_backlog(100, later, limit),
+            "still draining in time"
+        );
+        assert!(
+            !conn.note_backlog(100, t0 + limit, limit),
+            "a backlog never all sent for the limit is a slow reader's"
+        );
+        // Once it has all gone out, the connection counts again from scratch.
+        assert!(conn.note_backlog(0, t0 + limit * 2, limit));
+        assert!(conn.note_backlog(50, t0 + limit * 2, limit));
+    }
+}

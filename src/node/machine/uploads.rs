@@ -17,8 +17,11 @@
 //!   super-seeding, decided where the bytes leave rather than by withholding `Have`s).
 //!   Ties go round the connections in turn, so nobody waits on another's long queue.
 //!
-//! A connection on a fast link with nobody else to serve is still topped up to
-//! [`SERVE_TARGET`]: the budget equals it, so one transfer runs as before.
+//! The budget is small, about one block. The driver reports a drain as soon as a
+//! connection's output has all gone to the kernel ([`super::WRITE_LOW_WATER`] is 0), and
+//! the kernel's own queue ([`super::KERNEL_UNSENT`]) keeps a fast link busy meanwhile, so
+//! one block at a time is enough to fill a link and still leaves the choice of the next
+//! block to the last moment.
 
 use super::*;
 
