@@ -660,7 +660,7 @@ fn grace_churn(in_grace: usize) -> Duration {
     let mut t = TrackerState::new(limits);
     let ip = std::net::IpAddr::from([127, 0, 0, 1]);
     let say = |t: &mut TrackerState, session: usize, msg: NodeToTracker<'_>| {
-        t.handle(now, session, &Message::NodeToTracker(msg), &mut Discard);
+        t.handle_frame(now, session, &Message::NodeToTracker(msg), &mut Discard);
     };
     fn hello(name: &str) -> NodeToTracker<'_> {
         NodeToTracker::Hello {
@@ -671,7 +671,7 @@ fn grace_churn(in_grace: usize) -> Duration {
     }
     for i in 0..in_grace {
         let name = file_name("grace", i);
-        t.connected(now, i, ip);
+        t.handle_accept(now, i, ip);
         say(&mut t, i, hello(&name));
         say(
             &mut t,
@@ -682,20 +682,20 @@ fn grace_churn(in_grace: usize) -> Duration {
                 complete: true,
             },
         );
-        t.disconnected(now, i);
+        t.handle_closed(now, i);
     }
     let asker = in_grace;
-    t.connected(now, asker, ip);
+    t.handle_accept(now, asker, ip);
     say(&mut t, asker, hello("asker"));
     let names: Vec<String> = (0..CHURNERS).map(|i| file_name("churn", i)).collect();
     let start = Instant::now();
     for r in 0..CHURN_ROUNDS as usize {
         let session = asker + 1 + r % CHURNERS;
-        t.connected(now, session, ip);
+        t.handle_accept(now, session, ip);
         std::hint::black_box(t.poll_timeout());
         say(&mut t, session, hello(&names[r % CHURNERS]));
         std::hint::black_box(t.poll_timeout());
-        t.disconnected(now, session);
+        t.handle_closed(now, session);
         std::hint::black_box(t.poll_timeout());
         say(&mut t, asker, NodeToTracker::Need { name: "g" });
         std::hint::black_box(t.poll_timeout());

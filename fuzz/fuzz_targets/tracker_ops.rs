@@ -336,7 +336,7 @@ impl Sim {
         match op {
             Op::Connect { session, ip } => {
                 if self.sink.live.insert(session) {
-                    self.tracker.connected(self.now, session, ip);
+                    self.tracker.handle_accept(self.now, session, ip);
                 }
             }
             Op::Disconnect { session } => self.disconnect(session),
@@ -357,7 +357,7 @@ impl Sim {
             Op::Drain { session } => {
                 if self.sink.congested.remove(&session) {
                     self.sink.drain_lists = Some(Vec::new());
-                    self.tracker.drained(session, &mut self.sink);
+                    self.tracker.handle_drain(session, &mut self.sink);
                     self.sink.drain_lists = None;
                     assert_eq!(self.tracker.owed(session), 0, "owed lists left after a drain");
                     let waiting = self.unread.remove(&session).unwrap_or_default();
@@ -385,7 +385,7 @@ impl Sim {
                 Ok(Decoded::Frame(msg, used)) => {
                     bytes = &bytes[used..];
                     self.note_names(&msg);
-                    self.tracker.handle(self.now, session, &msg, &mut self.sink);
+                    self.tracker.handle_frame(self.now, session, &msg, &mut self.sink);
                 }
                 Ok(Decoded::NeedMore(_)) => break,
                 Err(_) => {
@@ -416,7 +416,7 @@ impl Sim {
         if self.sink.live.remove(&session) {
             self.sink.congested.remove(&session);
             self.unread.remove(&session);
-            self.tracker.disconnected(self.now, session);
+            self.tracker.handle_closed(self.now, session);
         }
     }
 
@@ -474,7 +474,7 @@ impl Sim {
     /// Everyone leaves and the grace period passes: nothing may be left behind.
     fn finish(&mut self) {
         for session in std::mem::take(&mut self.sink.live) {
-            self.tracker.disconnected(self.now, session);
+            self.tracker.handle_closed(self.now, session);
         }
         self.sink.congested.clear();
         let limits = limits();

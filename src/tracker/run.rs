@@ -146,7 +146,7 @@ impl TrackerHandler {
 
 impl Handler for TrackerHandler {
     fn on_accept(&mut self, ctx: &mut Ctx, _listener: ListenerId, conn: ConnId, peer: SocketAddr) {
-        self.state.connected(ctx.now(), conn.0, peer.ip());
+        self.state.handle_accept(ctx.now(), conn.0, peer.ip());
         self.last_heard.insert(conn, ctx.now());
         self.schedule(ctx);
     }
@@ -166,7 +166,7 @@ impl Handler for TrackerHandler {
             match wire::decode_frame(&input[used..], &limits) {
                 Ok(Decoded::Frame(msg, len)) => {
                     used += len;
-                    self.state.handle(now, conn.0, &msg, &mut CtxOutbox(ctx));
+                    self.state.handle_frame(now, conn.0, &msg, &mut CtxOutbox(ctx));
                 }
                 Ok(Decoded::NeedMore(_)) => break,
                 Err(e) => {
@@ -190,14 +190,14 @@ impl Handler for TrackerHandler {
     }
 
     fn on_drain(&mut self, ctx: &mut Ctx, conn: ConnId) {
-        self.state.drained(conn.0, &mut CtxOutbox(ctx));
+        self.state.handle_drain(conn.0, &mut CtxOutbox(ctx));
         ctx.resume_reading(conn);
         self.schedule(ctx);
     }
 
     fn on_close(&mut self, ctx: &mut Ctx, conn: ConnId, _reason: CloseReason) {
         self.last_heard.remove(&conn);
-        self.state.disconnected(ctx.now(), conn.0);
+        self.state.handle_closed(ctx.now(), conn.0);
         self.schedule(ctx);
     }
 

@@ -274,7 +274,7 @@ impl Swarm {
         let now = self.net.now;
         let mut io = Io::new(&mut self.net, ep);
         if ep == 0 {
-            self.tracker.disconnected(now, conn.0);
+            self.tracker.handle_closed(now, conn.0);
         } else if !io.net.stopped[ep] {
             self.nodes[ep - 1].handle_closed(now, conn, reason, &mut io);
         }
@@ -301,7 +301,7 @@ impl Swarm {
                     .map(|(a, _)| SocketAddr::new(a.ip(), 50000 + link as u16))
                     .unwrap_or(TRACKER_ADDR);
                 if ep == 0 {
-                    self.tracker.connected(now, conn.0, peer.ip());
+                    self.tracker.handle_accept(now, conn.0, peer.ip());
                 } else {
                     self.net.timer_stale[ep] = true;
                     self.nodes[ep - 1].handle_accept(now, conn, peer);
@@ -346,7 +346,7 @@ impl Swarm {
                 }
                 let mut io = Io::new(&mut self.net, ep);
                 if ep == 0 {
-                    self.tracker.drained(conn.0, &mut io);
+                    self.tracker.handle_drain(conn.0, &mut io);
                     self.deliver(link, side);
                 } else {
                     self.nodes[ep - 1].handle_drain(now, conn, &mut io);
@@ -382,7 +382,7 @@ fn tracker_data(
         match wire::decode_frame(&input[used..], &limits) {
             Ok(Decoded::Frame(msg, len)) => {
                 used += len;
-                state.handle(now, conn.0, &msg, io);
+                state.handle_frame(now, conn.0, &msg, io);
             }
             Ok(Decoded::NeedMore(_)) => break,
             Err(_) => {

@@ -1,6 +1,8 @@
 //! The tracker's sans-IO state: who owns which file, who is watching which file.
 //!
-//! Inputs are calls with the current time passed in; outputs go to an [`Outbox`]
+//! Inputs are `handle_*` calls with the current time passed in (`handle_accept`,
+//! `handle_frame`, `handle_drain`, `handle_closed`, `handle_timeout`), the shape
+//! `node::machine::Node`, `Download` and `ServeConn` have too; outputs go to an [`Outbox`]
 //! the caller supplies (the reactor glue encodes them straight into connection
 //! buffers, tests collect them). Nothing here touches a socket or the clock.
 //!
@@ -15,7 +17,7 @@
 //! owners and versions per file from one host, files per node, and a memory
 //! budget per node and in total ([`TrackerLimits`]). Owner-list pushes to a
 //! watcher whose output is backed up are coalesced into one latest list per file,
-//! sent when it drains ([`TrackerState::drained`]).
+//! sent when it drains ([`TrackerState::handle_drain`]).
 //!
 //! The code is split by concern: `hello` (names, secrets, `Synced`), `owners`
 //! (`Have`, the per-host caps and eviction), `notify` (pushes, coalescing, the
@@ -97,7 +99,7 @@ pub trait Outbox {
     /// Close session `to` after what was sent to it.
     fn close(&mut self, to: SessionId);
     /// Whether `to`'s output is backed up: pushes to it then wait, coalesced, for
-    /// [`TrackerState::drained`].
+    /// [`TrackerState::handle_drain`].
     fn congested(&self, to: SessionId) -> bool {
         let _ = to;
         false
@@ -187,7 +189,7 @@ impl TrackerState {
     }
 
     /// A connection arrived from `peer_ip`; it has until `now + hello_timeout` to say `Hello`.
-    pub fn connected(&mut self, now: Instant, session: SessionId, peer_ip: IpAddr) {
+    pub fn handle_accept(&mut self, now: Instant, session: SessionId, peer_ip: IpAddr) {
         let serial = self.serial();
         self.sessions.insert(
             session,
@@ -204,7 +206,7 @@ impl TrackerState {
     }
 
     /// A connection is gone: its node's entries expire after the grace period.
-    pub fn disconnected(&mut self, now: Instant, session: SessionId) {
+    pub fn handle_closed(&mut self, now: Instant, session: SessionId) {
         let Some(gone) = self.sessions.remove(&session) else {
             return;
         };
@@ -229,7 +231,7 @@ impl TrackerState {
     }
 
     /// A decoded frame arrived on `session`.
-    pub fn handle(
+    pub fn handle_frame(
         &mut self,
         now: Instant,
         session: SessionId,

@@ -182,7 +182,7 @@ impl TrackerState {
 
     /// `session`'s output drained: sends the latest list of each file it is owed, as long
     /// as its output has room (the rest stay owed until the next drain).
-    pub fn drained(&mut self, session: SessionId, out: &mut dyn Outbox) {
+    pub fn handle_drain(&mut self, session: SessionId, out: &mut dyn Outbox) {
         let Some(sess) = self.sessions.get_mut(&session) else {
             return;
         };

@@ -61,13 +61,13 @@ fn join(
     port: u16,
     out: &mut Sent,
 ) {
-    t.connected(now, session, IP);
+    t.handle_accept(now, session, IP);
     let hello = Message::NodeToTracker(NodeToTracker::Hello {
         node_name: name,
         listen_port: port,
         secret: secret_of(name),
     });
-    t.handle(now, session, &hello, out);
+    t.handle_frame(now, session, &hello, out);
 }
 
 fn have(
@@ -83,11 +83,11 @@ fn have(
         info: info(root),
         complete: true,
     });
-    t.handle(now, session, &msg, out);
+    t.handle_frame(now, session, &msg, out);
 }
 
 fn need(t: &mut TrackerState, now: Instant, session: SessionId, file: &str, out: &mut Sent) {
-    t.handle(
+    t.handle_frame(
         now,
         session,
         &Message::NodeToTracker(NodeToTracker::Need { name: file }),
@@ -139,7 +139,7 @@ fn exit_removes_the_node_from_every_list() {
     join(&mut t, now, 1, "a", 4000, &mut out);
     have(&mut t, now, 1, "f", 1, &mut out);
     have(&mut t, now, 1, "g", 2, &mut out);
-    t.handle(
+    t.handle_frame(
         now,
         1,
         &Message::NodeToTracker(NodeToTracker::Exit),
@@ -162,8 +162,8 @@ fn a_vanished_node_is_dropped_after_the_grace_period_unless_it_returns() {
     have(&mut t, now, 1, "f", 1, &mut out);
     join(&mut t, now, 2, "b", 4001, &mut out);
     have(&mut t, now, 2, "f", 1, &mut out);
-    t.disconnected(now, 1);
-    t.disconnected(now, 2);
+    t.handle_closed(now, 1);
+    t.handle_closed(now, 2);
     // b comes back within the grace period; a does not.
     join(&mut t, now + grace / 2, 3, "b", 4001, &mut out);
     t.handle_timeout(now + grace + Duration::from_millis(1), &mut out);
@@ -189,7 +189,7 @@ fn requests_before_hello_are_refused() {
     let now = Instant::now();
     let mut t = TrackerState::new(TrackerLimits::default());
     let mut out = Sent::default();
-    t.connected(now, 1, IP);
+    t.handle_accept(now, 1, IP);
     need(&mut t, now, 1, "f", &mut out);
     assert_eq!(out.errors, vec![(1, "hello must come first".to_owned())]);
     assert_eq!(out.closed, vec![1]);
@@ -223,13 +223,13 @@ fn hello_as(
     secret: [u8; 32],
     out: &mut Sent,
 ) {
-    t.connected(now, session, ip);
+    t.handle_accept(now, session, ip);
     let hello = Message::NodeToTracker(NodeToTracker::Hello {
         node_name: name,
         listen_port: 4999,
         secret,
     });
-    t.handle(now, session, &hello, out);
+    t.handle_frame(now, session, &hello, out);
 }
 
 fn send(
@@ -239,7 +239,7 @@ fn send(
     req: NodeToTracker<'_>,
     out: &mut Sent,
 ) {
-    t.handle(now, session, &Message::NodeToTracker(req), out);
+    t.handle_frame(now, session, &Message::NodeToTracker(req), out);
 }
 
 #[test]
@@ -257,10 +257,10 @@ fn a_name_is_reclaimed_only_with_its_secret() {
         vec![(2, "node name alice is held by another node".to_owned())]
     );
     assert_eq!(out.closed, vec![2]);
-    t.disconnected(now, 2);
+    t.handle_closed(now, 2);
     assert_eq!(t.owners_of("f")[0].1, SocketAddr::new(IP, 4000));
     // Alice crashes; within the grace period the stranger is still refused...
-    t.disconnected(now, 1);
+    t.handle_closed(now, 1);
     hello_as(
         &mut t,
         now + grace / 2,
@@ -271,7 +271,7 @@ fn a_name_is_reclaimed_only_with_its_secret() {
         &mut out,
     );
     assert_eq!(out.errors.len(), 2);
-    t.disconnected(now, 3);
+    t.handle_closed(now, 3);
     t.handle_timeout(now + grace / 2, &mut out);
     assert_eq!(t.owners_of("f").len(), 1);
     // ...and alice, back from another address with her secret, keeps her entries there.
@@ -309,7 +309,7 @@ fn after_the_grace_period_the_name_is_free() {
     let mut out = Sent::default();
     join(&mut t, now, 1, "alice", 4000, &mut out);
     have(&mut t, now, 1, "f", 1, &mut out);
-    t.disconnected(now, 1);
+    t.handle_closed(now, 1);
     let later = now + grace + Duration::from_millis(1);
     t.handle_timeout(later, &mut out);
     hello_as(&mut t, later, 2, OTHER_IP, "alice", [9; 32], &mut out);
@@ -330,7 +330,7 @@ fn synced_drops_what_the_node_did_not_restate() {
     have(&mut t, now, 1, "g", 2, &mut out);
     join(&mut t, now, 9, "w", 4009, &mut out);
     need(&mut t, now, 9, "f", &mut out);
-    t.disconnected(now, 1);
+    t.handle_closed(now, 1);
     // Restarted with f changed (a new root) and g kept.
     join(&mut t, now, 2, "a", 4000, &mut out);
     have(&mut t, now, 2, "f", 3, &mut out);
@@ -357,7 +357,7 @@ fn a_node_that_never_says_synced_keeps_its_entries() {
     let mut out = Sent::default();
     join(&mut t, now, 1, "a", 4000, &mut out);
     have(&mut t, now, 1, "f", 1, &mut out);
-    t.disconnected(now, 1);
+    t.handle_closed(now, 1);
     join(&mut t, now, 2, "a", 4000, &mut out);
     t.handle_timeout(now + Duration::from_secs(60), &mut out);
     assert_eq!(t.owners_of("f").len(), 1);
@@ -480,8 +480,8 @@ fn memory_budgets_refuse_with_a_clear_error() {
     );
     assert!(t.memory_used() <= limits.total_budget);
     // Everything is given back when the nodes leave.
-    t.disconnected(now, 1);
-    t.disconnected(now, 2);
+    t.handle_closed(now, 1);
+    t.handle_closed(now, 2);
     t.handle_timeout(now + Duration::from_secs(60), &mut out);
     assert_eq!(t.memory_used(), 0);
 }
@@ -524,7 +524,7 @@ fn a_backed_up_watcher_gets_only_the_latest_list_once_it_drains() {
             info: info(1),
             complete: i % 2 == 1,
         });
-        t.handle(now, 1, &msg, &mut out);
+        t.handle_frame(now, 1, &msg, &mut out);
         now += Duration::from_millis(50);
         t.handle_timeout(now, &mut out);
         assert!(t.owed(2) <= 2);
@@ -535,7 +535,7 @@ fn a_backed_up_watcher_gets_only_the_latest_list_once_it_drains() {
         "nothing pushed while backed up"
     );
     out.congested.clear();
-    t.drained(2, &mut out);
+    t.handle_drain(2, &mut out);
     let pushed: Vec<_> = out.sent.lists[before..]
         .iter()
         .map(|l| (l.0, l.1.clone(), l.2.clone()))
@@ -567,7 +567,7 @@ fn the_grace_heap_cancels_on_reconnect_and_expires_the_rest() {
         let at = now + grace * round / 20;
         for s in 0..n {
             let old = s + round as usize * n;
-            t.disconnected(at, old);
+            t.handle_closed(at, old);
             join(&mut t, at, old + n, &format!("n{s}"), 4000, &mut out);
         }
         assert!(t.deadlines_queued() <= 2 * (2 * n) + 64 + n);
@@ -576,7 +576,7 @@ fn the_grace_heap_cancels_on_reconnect_and_expires_the_rest() {
     let last = 10 * n;
     let at = now + grace;
     for s in (0..n).step_by(2) {
-        t.disconnected(at, s + last);
+        t.handle_closed(at, s + last);
     }
     t.handle_timeout(at + grace / 2, &mut out);
     assert_eq!(t.owners_of("f").len(), n, "nobody expires early");
@@ -596,10 +596,10 @@ fn a_connection_without_hello_is_closed_whatever_else_it_sends() {
     let timeout = limits.hello_timeout;
     let mut t = TrackerState::new(limits);
     let mut out = Sent::default();
-    t.connected(now, 1, IP);
+    t.handle_accept(now, 1, IP);
     join(&mut t, now, 2, "a", 4000, &mut out);
     for i in 1..10 {
-        t.handle(now + timeout * i / 10, 1, &Message::KeepAlive, &mut out);
+        t.handle_frame(now + timeout * i / 10, 1, &Message::KeepAlive, &mut out);
     }
     t.handle_timeout(now + timeout - Duration::from_millis(1), &mut out);
     assert!(out.closed.is_empty());
