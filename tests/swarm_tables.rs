@@ -153,6 +153,13 @@ fn crowd(title: &str, downloaders: usize, file_len: usize, piece_size: u32, vari
                 (crowd - traced.1) as f64 / (window * downloaders as f64) * 100.0,
                 swarm.net.links.len(),
             );
+            let queued: Vec<usize> = swarm.nodes.iter().map(|n| n.queued_requests()).collect();
+            eprintln!(
+                "        requests queued: at the owner {}, at downloaders {} (most at one {})",
+                queued[0],
+                queued[1..].iter().sum::<usize>(),
+                queued[1..].iter().max().copied().unwrap_or(0)
+            );
             traced = (swarm.net.sent[1], crowd);
         }
         if all {

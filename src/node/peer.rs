@@ -61,7 +61,14 @@ pub struct Peer {
     ramp: u64,
     /// Bytes of requests we cancelled: blocks it may still send us unasked, in good faith.
     pub excused_bytes: u64,
+    /// Pieces it turned down (a `Cancel` from it), not asked of it again until the time given.
+    refused: Vec<(PieceIndex, Instant)>,
 }
+
+/// How long a piece an owner turned down is asked of others only.
+pub const REFUSED_FOR: Duration = Duration::from_secs(1);
+/// Most turned-down pieces remembered per owner (the oldest are forgotten first).
+const MAX_REFUSED: usize = 256;
 
 /// Fewest bytes kept requested from a measured owner.
 pub const MIN_WINDOW: u64 = 1 << 20;
@@ -90,6 +97,7 @@ impl Peer {
             delivered: 0,
             ramp: INITIAL_WINDOW,
             excused_bytes: 0,
+            refused: Vec::new(),
         }
     }
 
@@ -141,6 +149,22 @@ impl Peer {
         }
         let block = self.requests.front().map_or(0, |r| r.len) as f64;
         Duration::from_secs_f64((4.0 * block / self.rate).min(60.0)).max(min)
+    }
+
+    /// The owner turned down its request for `piece`: it is asked of others for a while.
+    pub fn refuse(&mut self, piece: PieceIndex, now: Instant) {
+        self.refused.retain(|&(_, until)| until > now);
+        if self.refused.len() >= MAX_REFUSED {
+            self.refused.remove(0);
+        }
+        self.refused.push((piece, now + REFUSED_FOR));
+    }
+
+    /// True if the owner turned `piece` down a moment ago.
+    pub fn refuses(&self, piece: PieceIndex, now: Instant) -> bool {
+        self.refused
+            .iter()
+            .any(|&(p, until)| p == piece && until > now)
     }
 
     /// True if a block of `piece` is asked of this owner.

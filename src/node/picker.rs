@@ -132,7 +132,19 @@ impl Picker {
 
     /// The rarest Queued piece `owner` holds, now InFlight.
     pub fn pick(&mut self, owner: &Bitfield) -> Option<PieceIndex> {
-        let &key = self.queue.iter().find(|&&(_, _, p)| owner.get(p.0))?;
+        self.pick_where(owner, |_| false)
+    }
+
+    /// [`Picker::pick`], passing over the pieces `skip` names (ones this owner turned down).
+    pub fn pick_where(
+        &mut self,
+        owner: &Bitfield,
+        skip: impl Fn(PieceIndex) -> bool,
+    ) -> Option<PieceIndex> {
+        let &key = self
+            .queue
+            .iter()
+            .find(|&&(_, _, p)| owner.get(p.0) && !skip(p))?;
         self.queue.remove(&key);
         let piece = key.2;
         self.copies[piece.idx()] = 1;

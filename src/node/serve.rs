@@ -53,7 +53,8 @@ pub enum ServeOutcome {
 /// One downloader connected to us.
 #[derive(Debug, Default)]
 pub struct ServeConn {
-    queue: VecDeque<BlockRequest>,
+    /// Requests waiting, oldest first, each with when it arrived.
+    queue: VecDeque<(BlockRequest, Instant)>,
     /// Versions this peer asked about: it is told of pieces we gain.
     watching: Vec<RootHash>,
     /// The next block is being read into the page cache by the disk thread.
@@ -101,6 +102,7 @@ impl ServeConn {
     /// Handles one frame from the downloader, writing any immediate answer into `out`.
     pub fn handle_message(
         &mut self,
+        now: Instant,
         msg: &Message<'_>,
         lib: &dyn Library,
         out: &mut Vec<u8>,
@@ -148,14 +150,14 @@ impl ServeConn {
                 }
                 match check_request(request, lib) {
                     Ok(()) => {
-                        self.queue.push_back(*request);
+                        self.queue.push_back((*request, now));
                         ServeOutcome::Continue
                     }
                     Err((code, why)) => refuse(out, code, why),
                 }
             }
             Message::Cancel(request) => {
-                self.queue.retain(|r| r != request);
+                self.queue.retain(|(r, _)| r != request);
                 ServeOutcome::Continue
             }
             Message::KeepAlive => ServeOutcome::Continue,
@@ -173,23 +175,45 @@ impl ServeConn {
 
     /// The first `depth` queued requests, oldest first: what an upload pick chooses among.
     pub fn queued_front(&self, depth: usize) -> impl Iterator<Item = &BlockRequest> {
-        self.queue.iter().take(depth)
+        self.queue.iter().take(depth).map(|(r, _)| r)
     }
 
     /// Takes the queued request at `index` (as [`ServeConn::queued_front`] counts) to serve it.
-    pub fn take_request(&mut self, index: usize) -> Option<BlockRequest> {
+    pub fn take_request(&mut self, index: usize) -> Option<(BlockRequest, Instant)> {
         self.queue.remove(index)
+    }
+
+    /// Turns down, with a `Cancel` of each, the requests waiting since before `before` that
+    /// `elsewhere` says the peer can get from others; returns how many. A crowd asks the
+    /// first holder of a piece all at once: those it cannot serve soon are better asked of
+    /// whoever got the piece from it meanwhile.
+    pub fn turn_down_stale(
+        &mut self,
+        before: Instant,
+        elsewhere: impl Fn(&BlockRequest) -> bool,
+        out: &mut Vec<u8>,
+    ) -> usize {
+        let mut turned = 0;
+        self.queue.retain(|(r, at)| {
+            if *at >= before || !elsewhere(r) {
+                return true;
+            }
+            send(out, &Message::Cancel(*r));
+            turned += 1;
+            false
+        });
+        turned
     }
 
     /// Queues `request` as if it had arrived (unit tests of the upload pick).
     #[cfg(test)]
     pub(crate) fn queue_for_test(&mut self, request: BlockRequest) {
-        self.queue.push_back(request);
+        self.queue.push_back((request, Instant::now()));
     }
 
     /// Puts `request` back first: its block was not in memory and is being read in.
-    pub fn wait_for_disk(&mut self, request: BlockRequest) {
-        self.queue.push_front(request);
+    pub fn wait_for_disk(&mut self, request: BlockRequest, since: Instant) {
+        self.queue.push_front((request, since));
         self.waiting_disk = true;
     }
 
@@ -325,5 +349,34 @@ mod tests {
         // Once it has all gone out, the connection counts again from scratch.
         assert!(conn.note_backlog(0, t0 + limit * 2, limit));
         assert!(conn.note_backlog(50, t0 + limit * 2, limit));
+    }
+
+    #[test]
+    fn requests_waiting_too_long_for_pieces_held_elsewhere_are_sent_back() {
+        let mut conn = ServeConn::new();
+        let req = |piece| BlockRequest {
+            root: [9; 32],
+            piece,
+            offset: 0,
+            len: 4096,
+        };
+        let t0 = Instant::now();
+        conn.queue.push_back((req(1), t0));
+        conn.queue.push_back((req(2), t0));
+        conn.queue
+            .push_back((req(3), t0 + Duration::from_millis(50)));
+        let mut out = Vec::new();
+        // Piece 2 was never sent from here: it may be ours alone, so it waits its turn.
+        let turned =
+            conn.turn_down_stale(t0 + Duration::from_millis(10), |r| r.piece != 2, &mut out);
+        assert_eq!(turned, 1);
+        let left: Vec<u32> = conn.queued_front(8).map(|r| r.piece).collect();
+        assert_eq!(left, [2, 3], "the young and the unique stay queued");
+        match crate::wire::decode_frame(&out, &crate::wire::Limits::default()) {
+            Ok(crate::wire::Decoded::Frame(Message::Cancel(r), len)) => {
+                assert_eq!((r, len), (req(1), out.len()));
+            }
+            other => panic!("expected one Cancel, got {other:?}"),
+        }
     }
 }

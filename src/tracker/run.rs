@@ -166,7 +166,8 @@ impl Handler for TrackerHandler {
             match wire::decode_frame(&input[used..], &limits) {
                 Ok(Decoded::Frame(msg, len)) => {
                     used += len;
-                    self.state.handle_frame(now, conn.0, &msg, &mut CtxOutbox(ctx));
+                    self.state
+                        .handle_frame(now, conn.0, &msg, &mut CtxOutbox(ctx));
                 }
                 Ok(Decoded::NeedMore(_)) => break,
                 Err(e) => {

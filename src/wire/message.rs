@@ -163,7 +163,9 @@ pub enum Message<'a> {
     FileCommunication(Block<'a>),
     /// Peer → peer: ask for a block.
     Request(BlockRequest),
-    /// Peer → peer: withdraw a request (endgame losers).
+    /// Peer ⇄ peer: from a downloader, withdraw a request (endgame losers, a piece found
+    /// nearer); from an owner, turn a queued request for a whole piece down (others hold
+    /// it and this owner cannot serve it soon): the downloader asks someone else.
     Cancel(BlockRequest),
     /// Peer → peer: I now hold this verified piece.
     HavePiece {

@@ -58,7 +58,7 @@
 //! | 3 | SizeInformation | name, size i64, then: size `-1` (Question): flag u8 (`0`/`1`), root if flag is 1 · size ≥ 0 (Answer): piece_size u32, root, bitfield of exactly ⌈pieces/8⌉ bytes, piece 0 in the top bit of byte 0, spare bits zero · other sizes refused |
 //! | 4 | FileCommunication | root, piece u32, offset u32, data: the rest (1..=1 MiB) |
 //! | 5 | Request | root, piece u32, offset u32, len u32 (1..=1 MiB) |
-//! | 6 | Cancel | as Request |
+//! | 6 | Cancel | as Request (downloader → owner: withdrawn; owner → downloader: turned down) |
 //! | 7 | HavePiece | root, piece u32 |
 //! | 8 | HashRequest | root, first u32, count u32 (1..=32768; `first + count ≤ 2³²`) |
 //! | 9 | Hashes | root, first u32, hashes: the rest, 32 bytes each (1..=32768 of them; `first + count ≤ 2³²`) |

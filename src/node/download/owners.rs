@@ -152,6 +152,11 @@ impl<S: PartStore> Download<S> {
                 let why = format!("refused: {code:?}: {}", crate::node::text::esc(reason));
                 self.lose_peer(now, slot, Some(&why), io);
             }
+            Message::Cancel(request) => {
+                if Some(request.root) == self.state.info().map(|i| i.root) {
+                    self.on_turned_down(now, slot, request, io);
+                }
+            }
             Message::KeepAlive => {}
             other => {
                 let why = format!("sent an unexpected message of type {}", other.type_code());

@@ -176,6 +176,43 @@ impl<S: PartStore> Download<S> {
         self.piece_verified(now, slot, piece, io);
     }
 
+    /// `slot` turned down a request (a `Cancel` from an owner): others hold the piece and
+    /// it could not serve it soon. The piece is asked of someone else; not of it for a while.
+    pub(super) fn on_turned_down(
+        &mut self,
+        now: Instant,
+        slot: SlotId,
+        request: &BlockRequest,
+        io: &mut dyn PeerIo,
+    ) {
+        let piece = PieceIndex(request.piece);
+        let Some(info) = self.state.info() else {
+            return;
+        };
+        if request.offset != 0 || request.len != layout_of(info).piece_len(piece.0) {
+            // Only whole pieces are turned down: one block of a bigger piece is not
+            // something to fetch elsewhere, so that owner keeps it.
+            return;
+        }
+        let Some(peer) = self.peers.get_mut(&slot) else {
+            return;
+        };
+        let Some(pos) = peer
+            .requests
+            .iter()
+            .position(|r| r.piece == piece && r.offset == request.offset && r.len == request.len)
+        else {
+            return; // Answered or cancelled meanwhile.
+        };
+        peer.requests.remove(pos);
+        peer.outstanding_bytes -= u64::from(request.len);
+        peer.refuse(piece, now);
+        if let Some(picker) = self.state.picker_mut() {
+            picker.release(piece);
+        }
+        self.fill(now, io);
+    }
+
     /// `slot` sent `piece` failing its hash: the piece goes back in the queue (its last
     /// request is already answered, so dropping the owner alone would not release it),
     /// and the owner is banned.
@@ -294,7 +331,7 @@ impl<S: PartStore> Download<S> {
         };
         let picker = &mut fetch.picker;
         while peer.outstanding_bytes < peer.window() {
-            let piece = match picker.pick(&peer.has) {
+            let piece = match picker.pick_where(&peer.has, |p| peer.refuses(p, now)) {
                 Some(piece) => {
                     fetch.asked_at.insert(piece, now);
                     piece
@@ -307,6 +344,7 @@ impl<S: PartStore> Download<S> {
                     let patience = self.config.endgame_after;
                     let not_yet = |p: PieceIndex| {
                         layout.piece_len(p.0) > MAX_BLOCK_LEN
+                            || peer.refuses(p, now)
                             || asked_at
                                 .get(&p)
                                 .is_some_and(|&t| now.saturating_duration_since(t) < patience)
@@ -360,7 +398,11 @@ impl<S: PartStore> Download<S> {
                     break 'owners;
                 }
                 let single = r.offset == 0 && r.len == layout.piece_len(r.piece.0);
-                if single && picker.copies(r.piece) == 1 && taker.has.get(r.piece.0) {
+                if single
+                    && picker.copies(r.piece) == 1
+                    && taker.has.get(r.piece.0)
+                    && !taker.refuses(r.piece, now)
+                {
                     moved.push((from, *r));
                     room = room.saturating_sub(u64::from(r.len));
                 }

@@ -695,3 +695,38 @@ fn the_seed_is_asked_only_for_pieces_no_partial_owner_holds() {
     assert_eq!(requested_pieces(&mut io, peer), [0, 2, 4, 6]);
     assert_eq!(requested_pieces(&mut io, seed), [1, 3, 5, 7]);
 }
+
+#[test]
+fn a_piece_an_owner_turns_down_is_asked_of_another_and_not_of_it_again_at_once() {
+    let data = file(8 * PIECE as usize, 5);
+    let info = info_of(&data);
+    let mut dl = download();
+    let mut io = Io::default();
+    let (seed, peer) = seed_and_partial(&mut dl, &mut io, &data, &[0, 2, 4, 6]);
+    assert_eq!(requested_pieces(&mut io, peer), [0, 2, 4, 6]);
+    assert_eq!(requested_pieces(&mut io, seed), [1, 3, 5, 7]);
+
+    // The partial owner cannot serve piece 2 soon: it sends the request back.
+    let turned = BlockRequest {
+        root: info.root,
+        piece: 2,
+        offset: 0,
+        len: PIECE,
+    };
+    let now = Instant::now();
+    dl.handle_message(now, peer, &Message::Cancel(turned), &mut io);
+    assert_eq!(
+        requested_pieces(&mut io, seed),
+        [2],
+        "asked of the other holder"
+    );
+    assert!(
+        requested_pieces(&mut io, peer).is_empty(),
+        "not asked again of the owner that turned it down"
+    );
+    // A turn-down of something never asked is a late echo: the owner stays.
+    let never = BlockRequest { piece: 1, ..turned };
+    dl.handle_message(now, peer, &Message::Cancel(never), &mut io);
+    assert!(io.closed.is_empty(), "nobody dropped: {:?}", io.closed);
+    assert_eq!(dl.progress().owners, 2);
+}

@@ -206,6 +206,17 @@ impl Node {
         }
     }
 
+    /// Block requests queued by the downloaders this node serves (for status and simulations).
+    pub fn queued_requests(&self) -> usize {
+        self.conns
+            .values()
+            .map(|role| match role {
+                Role::Serve(serve, _) => serve.queued(),
+                _ => 0,
+            })
+            .sum()
+    }
+
     /// How many downloads completed and failed so far.
     pub fn report(&self) -> &RunReport {
         &self.report

@@ -1,7 +1,8 @@
 //! Sharing: hashing files to publish, answering downloaders, pacing uploads.
 
-use super::uploads::{SERVE_BUDGET, SLOW_READER};
+use super::uploads::{SERVE_BUDGET, SLOW_READER, TURN_DOWN_AFTER};
 use super::*;
+use crate::wire::BlockRequest;
 
 /// What this node serves, borrowed apart from the connection table.
 pub(super) struct Lib<'a> {
@@ -246,7 +247,7 @@ impl Node {
             downloads: &self.downloads,
         };
         let Some(out) = io.out_buf(conn) else { return };
-        if serve.handle_message(msg, &lib, out) == ServeOutcome::Close {
+        if serve.handle_message(self.now, msg, &lib, out) == ServeOutcome::Close {
             log::info!(
                 "closing a serving connection from {:?}: bad request",
                 io.peer_addr(conn)
@@ -259,6 +260,7 @@ impl Node {
     /// Sends queued blocks, node-wide, while the upload budget and the rate allow: the
     /// least-sent piece first (see [`uploads`](super::uploads)).
     pub(super) fn serve_blocks(&mut self, io: &mut dyn NodeIo) {
+        self.turn_down_stale(io);
         let mut pending = 0;
         let mut ready = Vec::new();
         for (&conn, role) in self.conns.iter_mut() {
@@ -304,6 +306,42 @@ impl Node {
         }
     }
 
+    /// Turns down requests for whole pieces this node has sent before that waited longer
+    /// than [`TURN_DOWN_AFTER`]: others hold those pieces now (see `ServeConn::turn_down_stale`).
+    /// Pieces it never sent, it alone may have: those wait their turn.
+    fn turn_down_stale(&mut self, io: &mut dyn NodeIo) {
+        if self.uploads.next_sweep.is_some_and(|t| self.now < t) {
+            return;
+        }
+        self.uploads.next_sweep = Some(self.now + TURN_DOWN_AFTER / 4);
+        let Some(before) = self.now.checked_sub(TURN_DOWN_AFTER) else {
+            return;
+        };
+        let lib = Lib {
+            shared: &self.shared,
+            downloads: &self.downloads,
+        };
+        let uploads = &self.uploads;
+        let elsewhere = |r: &BlockRequest| {
+            uploads.times_sent(&r.root, r.piece) > 0
+                && r.offset == 0
+                && lib
+                    .by_root(&r.root)
+                    .is_some_and(|v| layout_of_view(&v).piece_len(r.piece) == r.len)
+        };
+        for (&conn, role) in self.conns.iter_mut() {
+            let Role::Serve(serve, _) = role else {
+                continue;
+            };
+            if serve.queued() == 0 {
+                continue;
+            }
+            if let Some(out) = io.out_buf(conn) {
+                serve.turn_down_stale(before, elsewhere, out);
+            }
+        }
+    }
+
     /// Serves the request at `index` of `conn`'s queue; false if the connection now waits
     /// for the disk or was closed.
     fn serve_queued(&mut self, io: &mut dyn NodeIo, conn: ConnId, index: usize) -> bool {
@@ -311,7 +349,7 @@ impl Node {
         let Some(Role::Serve(serve, _)) = self.conns.get_mut(&conn) else {
             return false;
         };
-        let Some(request) = serve.take_request(index) else {
+        let Some((request, since)) = serve.take_request(index) else {
             return false;
         };
         let lib = Lib {
@@ -353,7 +391,7 @@ impl Node {
                         esc(&s.name),
                         request.piece
                     );
-                    serve.wait_for_disk(request);
+                    serve.wait_for_disk(request, since);
                     return false;
                 }
                 Err(why) => {

@@ -33,6 +33,9 @@ pub(super) const SERVE_BUDGET: usize = 256 << 10;
 /// a slow link, or one that never reads), and the others are served meanwhile. It gets no
 /// more blocks until that backlog is gone, so it cannot pile replies up either.
 pub(super) const SLOW_READER: Duration = Duration::from_secs(1);
+/// A request for a whole piece this node has sent before, waiting longer than this, is
+/// turned down (`Cancel` back to the downloader): a few blocks' time at a crowded node.
+pub(super) const TURN_DOWN_AFTER: Duration = Duration::from_millis(100);
 /// Queued requests of one connection looked at per pick (a downloader asks in its own
 /// rarest-first order, so its next few are where its choices are).
 const PICK_DEPTH: usize = 16;
@@ -47,10 +50,13 @@ pub(super) struct Uploads {
     sent: HashMap<RootHash, Vec<u16>>,
     /// Where in the ready list the next pick starts looking.
     cursor: usize,
+    /// When queues are next swept for requests to turn down.
+    pub(super) next_sweep: Option<Instant>,
 }
 
 impl Uploads {
-    fn times_sent(&self, root: &RootHash, piece: u32) -> u16 {
+    /// Blocks of `piece` this node has sent.
+    pub(super) fn times_sent(&self, root: &RootHash, piece: u32) -> u16 {
         self.sent
             .get(root)
             .and_then(|v| v.get(piece as usize))
