@@ -307,8 +307,9 @@ impl Node {
     }
 
     /// Turns down requests for whole pieces this node has sent before that waited longer
-    /// than [`TURN_DOWN_AFTER`]: others hold those pieces now (see `ServeConn::turn_down_stale`).
-    /// Pieces it never sent, it alone may have: those wait their turn.
+    /// than [`TURN_DOWN_AFTER`] while other downloaders wait on it too: others hold those
+    /// pieces now (see `ServeConn::turn_down_stale`). Pieces it never sent, it alone may
+    /// have: those wait their turn.
     fn turn_down_stale(&mut self, io: &mut dyn NodeIo) {
         if self.uploads.next_sweep.is_some_and(|t| self.now < t) {
             return;
@@ -317,6 +318,16 @@ impl Node {
         let Some(before) = self.now.checked_sub(TURN_DOWN_AFTER) else {
             return;
         };
+        // Only where others wait too: a lone downloader's requests queue behind its own,
+        // and turning them down would only leave this node idle.
+        let asking = self
+            .conns
+            .values()
+            .filter(|role| matches!(role, Role::Serve(s, _) if s.queued() > 0))
+            .count();
+        if asking < 2 {
+            return;
+        }
         let lib = Lib {
             shared: &self.shared,
             downloads: &self.downloads,
