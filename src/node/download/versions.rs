@@ -116,25 +116,38 @@ impl<S: PartStore> Download<S> {
             .collect();
     }
 
-    /// Versions listed and not abandoned, best first: held from the most hosts (IP
-    /// addresses), then by the most owners, then the most complete ones. Hosts come first
-    /// because one host can announce under as many node names as it likes.
+    /// Versions listed and not abandoned, best first: held complete from the most hosts
+    /// (IP addresses), then from the most hosts at all, then by the most owners, then the
+    /// most complete ones. Hosts come first because one host can announce under as many
+    /// node names as it likes.
     pub(super) fn ranked_versions(&self) -> Vec<FileInfo> {
+        // Hosts of complete owners count first: downloaders are listed as partial owners
+        // before they verify any piece, so honest downloaders tricked into a bait version
+        // (hashes that hold, blocks that never do) must not make it look popular.
         let mut hosts: HashMap<FileInfo, HashSet<std::net::IpAddr>> = HashMap::new();
-        let mut counts: HashMap<FileInfo, (usize, usize, usize)> = HashMap::new();
+        let mut complete_hosts: HashMap<FileInfo, HashSet<std::net::IpAddr>> = HashMap::new();
+        let mut counts: HashMap<FileInfo, (usize, usize, usize, usize)> = HashMap::new();
         for owner in &self.listed {
             if self.abandoned.iter().any(|(a, _)| *a == owner.info) {
                 continue;
             }
             hosts.entry(owner.info).or_default().insert(owner.addr.ip());
+            if owner.complete {
+                complete_hosts
+                    .entry(owner.info)
+                    .or_default()
+                    .insert(owner.addr.ip());
+            }
             let entry = counts.entry(owner.info).or_default();
-            entry.1 += 1;
-            entry.2 += usize::from(owner.complete);
+            entry.2 += 1;
+            entry.3 += usize::from(owner.complete);
         }
         for (info, entry) in counts.iter_mut() {
-            entry.0 = hosts.get(info).map_or(0, HashSet::len);
+            entry.0 = complete_hosts.get(info).map_or(0, HashSet::len);
+            entry.1 = hosts.get(info).map_or(0, HashSet::len);
         }
-        let mut versions: Vec<(FileInfo, (usize, usize, usize))> = counts.into_iter().collect();
+        let mut versions: Vec<(FileInfo, (usize, usize, usize, usize))> =
+            counts.into_iter().collect();
         let order = |i: &FileInfo| (i.root, i.size, i.piece_size);
         versions.sort_by(|a, b| b.1.cmp(&a.1).then(order(&a.0).cmp(&order(&b.0))));
         versions.into_iter().map(|(info, _)| info).collect()
