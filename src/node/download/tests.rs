@@ -730,3 +730,29 @@ fn a_piece_an_owner_turns_down_is_asked_of_another_and_not_of_it_again_at_once()
     assert!(io.closed.is_empty(), "nobody dropped: {:?}", io.closed);
     assert_eq!(dl.progress().owners, 2);
 }
+
+#[test]
+fn downloaders_listed_as_partial_owners_do_not_make_a_version_look_popular() {
+    let real = file(3 * PIECE as usize, 8);
+    let info = info_of(&real);
+    let bait = fake_root(9);
+    let entry = |name: &'static str, ip: [u8; 4], info: FileInfo, complete: bool| Owner {
+        node_name: name,
+        addr: SocketAddr::from((ip, 7000)),
+        info,
+        complete,
+    };
+    // The bait is held complete by one host, and five honest downloaders it tricked are
+    // listed as its partial owners (they are listed before they verify any piece).
+    let mut listed = vec![entry("bait", [10, 9, 9, 9], bait, true)];
+    let names = ["d1", "d2", "d3", "d4", "d5"];
+    for (i, name) in names.iter().enumerate() {
+        listed.push(entry(name, [10, 1, 1, i as u8 + 1], bait, false));
+    }
+    listed.push(entry("s1", [10, 0, 0, 1], info, true));
+    listed.push(entry("s2", [10, 0, 0, 2], info, true));
+    let mut dl = download();
+    let mut io = Io::default();
+    dl.handle_owners(Instant::now(), &listed, &mut io);
+    assert_eq!(dl.info(), Some(info), "two hosts holding it complete win");
+}
