@@ -69,7 +69,7 @@ pub use folder::{Folder, SharedFile};
 pub use hashcache::PieceHashes;
 pub use hasher::PieceHasher;
 pub use memstore::MemStore;
-pub use partial::PartialFile;
+pub use partial::{PartialFile, WriteTarget};
 pub use secret::SECRET_FILE;
 pub use worker::{DiskDone, DiskWorker};
 

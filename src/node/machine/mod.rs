@@ -41,7 +41,7 @@ use super::serve::{serve_block, FileView, Library, ServeConn, ServeOutcome, Serv
 use super::text::esc;
 use crate::hex::{hex, short_hex};
 pub use crate::reactor::{CloseReason, ConnId};
-use crate::storage::{self, DiskDone, Folder, Hash, Layout, PartialFile, SharedFile};
+use crate::storage::{self, DiskDone, Folder, Hash, Layout, PartialFile, SharedFile, WriteTarget};
 use crate::wire::{
     self, Decoded, ErrorCode, FileInfo, Limits, Message, NodeSecret, NodeToTracker, RootHash,
 };
@@ -129,6 +129,8 @@ struct Transfer {
     next_draw: Instant,
     /// The disk thread is re-hashing the pieces an earlier run left.
     checking: bool,
+    /// The attached store's data file, for pieces checked and written off the network thread.
+    target: Option<WriteTarget>,
 }
 
 impl Transfer {
@@ -404,6 +406,7 @@ impl Node {
             } => self.hashed(io, file, piece_size, result),
             DiskDone::Warmed { key } => self.warmed(io, key),
             DiskDone::Checked { name, file, result } => self.checked(io, &name, *file, result),
+            DiskDone::Verified { name, tag, result } => self.verified(io, &name, tag, result),
         }
     }
 
