@@ -30,8 +30,9 @@ use std::thread::{self, JoinHandle};
 use super::{Folder, Hash, PartialFile, PieceHashes, SharedFile, StorageError, WriteTarget};
 
 /// Most pieces queued or being checked on the verify lane at once: each holds a copy of
-/// up to one block (1 MiB), so this bounds the buffers to 8 MiB.
-pub const MAX_VERIFYING: usize = 8;
+/// up to one block (1 MiB), so this bounds the buffers to 4 MiB (the downloader's RSS
+/// goal is 16 MiB), and keeps the thread busy while the next piece is received.
+pub const MAX_VERIFYING: usize = 4;
 
 /// What the worker is asked to do.
 pub(crate) enum Job {

@@ -11,6 +11,8 @@ pub(super) struct DlIo<'a> {
     pub(super) failed: Vec<SlotId>,
     /// Where verified pieces go when the disk thread writes them.
     pub(super) target: Option<&'a WriteTarget>,
+    /// The node's count of pieces on the disk thread.
+    pub(super) verifying: &'a mut usize,
 }
 
 impl PeerIo for DlIo<'_> {
@@ -53,8 +55,11 @@ impl PeerIo for DlIo<'_> {
 
     fn verify_write(&mut self, offset: u64, data: &[u8], want: &Hash, tag: u64) -> bool {
         match self.target {
-            Some(target) => self.io.disk_verify_write(target, offset, data, want, tag),
-            None => false,
+            Some(target) if self.io.disk_verify_write(target, offset, data, want, tag) => {
+                *self.verifying += 1;
+                true
+            }
+            _ => false,
         }
     }
 }
@@ -134,6 +139,7 @@ impl Node {
             file: transfer.key.clone(),
             failed: Vec::new(),
             target: transfer.target.as_ref(),
+            verifying: &mut self.verifying,
         };
         f(&mut transfer.dl, &mut peers);
         // Connects that failed at once are reported like any other closed connection.
