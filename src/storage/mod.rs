@@ -71,7 +71,7 @@ pub use hasher::PieceHasher;
 pub use memstore::MemStore;
 pub use partial::{PartialFile, WriteTarget};
 pub use secret::SECRET_FILE;
-pub use worker::{DiskDone, DiskWorker, MAX_VERIFYING};
+pub use worker::{DiskDone, DiskWorker, MAX_VERIFYING, MIN_VERIFY_LEN};
 
 /// BLAKE3 hash of one piece, or of a whole layout (the root).
 pub type Hash = [u8; 32];

@@ -17,7 +17,9 @@
 //! ([`DiskWorker::verify_write`]): hashing and the `pwrite` are most of a
 //! downloader's own CPU work, and here they overlap with the network thread's
 //! receiving and CRC checking. At most [`MAX_VERIFYING`] pieces are in flight, each
-//! in a buffer the thread hands back; past that the caller does the work itself.
+//! in a buffer the thread hands back; past that (the node stops reading owners' input
+//! before it gets there) and for pieces under [`MIN_VERIFY_LEN`] the caller does the
+//! work itself.
 
 use std::fs::File;
 use std::io;
@@ -33,6 +35,10 @@ use super::{Folder, Hash, PartialFile, PieceHashes, SharedFile, StorageError, Wr
 /// up to one block (1 MiB), so this bounds the buffers to 4 MiB (the downloader's RSS
 /// goal is 16 MiB), and keeps the thread busy while the next piece is received.
 pub const MAX_VERIFYING: usize = 4;
+
+/// Smaller pieces are not worth the trip to the verify lane: hashing and writing 64 KiB
+/// takes about as long as handing it over and hearing back.
+pub const MIN_VERIFY_LEN: usize = 256 << 10;
 
 /// What the worker is asked to do.
 pub(crate) enum Job {
@@ -288,8 +294,8 @@ impl DiskWorker {
 
     /// Queues hashing `data` (a whole piece, copied here) and, only if its hash is `want`,
     /// writing it at `offset` of `target`; a [`DiskDone::Verified`] with `tag` follows.
-    /// False (nothing queued) when [`MAX_VERIFYING`] are in flight or the thread is gone:
-    /// the caller then checks and writes it itself.
+    /// False (nothing queued) for a piece under [`MIN_VERIFY_LEN`], when [`MAX_VERIFYING`]
+    /// are in flight, or when the thread is gone: the caller then checks and writes it itself.
     pub fn verify_write(
         &mut self,
         target: &WriteTarget,
@@ -298,7 +304,10 @@ impl DiskWorker {
         want: &Hash,
         tag: u64,
     ) -> bool {
-        if self.verifying >= MAX_VERIFYING || self.verify.jobs.is_none() {
+        if data.len() < MIN_VERIFY_LEN
+            || self.verifying >= MAX_VERIFYING
+            || self.verify.jobs.is_none()
+        {
             return false;
         }
         // Every buffer is handed back before its result is sent, so with fewer than
