@@ -15,10 +15,12 @@
 //!
 //! # Slow disk work
 //!
-//! [`DiskWorker`] is one thread for what can take seconds: the fsync and
-//! rename that finish a download, and hashing a file to publish it. It
-//! reports through a callback (the node's reactor wake handle), so the network
-//! thread never waits on the disk. A download attached to it also kicks
+//! [`DiskWorker`] runs the threads for what can take seconds: the fsync and
+//! rename that finish a download, and hashing a file to publish it; and a
+//! verify lane that hashes a download's whole pieces and writes only those
+//! that match ([`WriteTarget::verify_write`]). It reports through a callback
+//! (the node's reactor wake handle), so the network thread never waits on the
+//! disk. A download attached to it also kicks
 //! writeback of its data as it goes, so the final fsync is short.
 //!
 //! # Files on disk
