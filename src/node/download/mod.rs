@@ -329,6 +329,12 @@ impl<S: PartStore> Download<S> {
         self.state.store()
     }
 
+    /// The attached store, for a driver that writes the pieces it takes with
+    /// [`PeerIo::verify_write`] into it itself (an in-memory store has no other way in).
+    pub fn store_mut(&mut self) -> Option<&mut S> {
+        self.state.store_mut()
+    }
+
     /// Writes the verified-piece record now (it is otherwise saved every tick).
     pub fn save_marks(&mut self) -> Result<(), StorageError> {
         self.state.store_mut().map_or(Ok(()), PartStore::save_marks)

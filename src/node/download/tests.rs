@@ -225,7 +225,7 @@ fn run_with(
                 let good = hash_piece(&data) == want;
                 if good {
                     // What the disk thread does: the bytes are written only when they match.
-                    if let Some(store) = dl.state.store_mut() {
+                    if let Some(store) = dl.store_mut() {
                         store.write_at(at, &data).expect("in range");
                     }
                 } else {
