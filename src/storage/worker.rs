@@ -440,7 +440,19 @@ fn run(job: Job, stop: &AtomicBool, scratch: &mut Vec<u8>) -> Option<DiskDone> {
             tag,
             give_back,
         } => {
-            let result = target.verify_write(offset, &data, &want);
+            // Every job must get its verdict: the node stops reading owners while pieces
+            // wait, so a lost one would stall it. A panic becomes a write error instead.
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                target.verify_write(offset, &data, &want)
+            }))
+            .unwrap_or_else(|_| {
+                Err(super::own_err(
+                    target.name(),
+                    "verify and write",
+                    io::ErrorKind::Other,
+                    "the disk thread failed".into(),
+                ))
+            });
             let _ = give_back.send(data);
             Some(DiskDone::Verified {
                 name: Arc::clone(target.name()),
