@@ -476,6 +476,91 @@ fn corrupting_owner_is_dropped_honest_owner_kept() {
     );
 }
 
+/// Whole 1 MiB pieces are hashed and written off the downloader's network thread: a
+/// liar holding every piece (rarest ones only with it) is dropped for a piece failing
+/// its hash and none of its bytes reach the `.shoal-part` (the pieces only it held stay
+/// unwritten, the others hold exactly the honest bytes); an honest owner joining later
+/// completes the file byte-identical, the liar credited with nothing.
+#[test]
+fn corrupt_whole_pieces_checked_off_the_thread_never_reach_the_disk() {
+    const PIECE: usize = MIB;
+    let tracker = Tracker::start();
+    let data = random_bytes(4 * PIECE);
+    let file = Arc::new(FakeFile::new("v.bin", data.clone(), PIECE as u32));
+    let liar = FakeOwner::start(
+        "liar",
+        &tracker,
+        file.clone(),
+        Behaviour {
+            have: vec![true; 4],
+            corrupt: true,
+        },
+    );
+    // Holds pieces 0 and 1 only, so 2 and 3 can come from the liar alone.
+    let _half = FakeOwner::start(
+        "half",
+        &tracker,
+        file.clone(),
+        Behaviour {
+            have: vec![true, true, false, false],
+            corrupt: false,
+        },
+    );
+    tracker.wait_owners("v.bin", &["half", "liar"]);
+
+    let dir = tempdir();
+    let mut down = Node::start_download("careful", &tracker, dir.path(), "v.bin");
+    down.proc.wait_stderr(|l| {
+        l.contains("v.bin: dropping owner liar at ") && l.contains("failing its hash")
+    });
+    // Wait (bounded) for pieces 0 and 1 to be recorded as verified.
+    const STATE_HEADER_LEN: usize = 56;
+    let find = |suffix: &str| {
+        list_dir(dir.path())
+            .into_iter()
+            .find(|n| n.ends_with(suffix))
+            .map(|n| dir.path().join(n))
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let marks = find(".shoal-state").and_then(|p| fs::read(p).ok());
+        if marks.is_some_and(|m| m.len() == STATE_HEADER_LEN + 4 && m[56] == 1 && m[57] == 1) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pieces 0 and 1 not verified in time\n{}",
+            down.proc.dump()
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    let part = fs::read(find(".shoal-part").expect("the data file")).expect("read it");
+    assert_eq!(part.len(), data.len());
+    assert!(
+        part[..2 * PIECE] == data[..2 * PIECE],
+        "honest pieces written as sent"
+    );
+    assert!(
+        part[2 * PIECE..].iter().all(|&b| b == 0),
+        "bytes of the liar's pieces reached the disk"
+    );
+    assert!(liar.blocks_sent() > 0);
+
+    let (_honest, _honest_dir) =
+        start_owner(&tracker, "honest", "v.bin", &data, &["--piece-size", "1M"]);
+    let status = down.proc.wait_exit();
+    assert!(status.success(), "{status:?}\n{}", down.proc.dump());
+    assert_same_file(dir.path(), "v.bin", &data);
+    assert_no_temporaries(dir.path());
+    let by_owner = bytes_by_owner(&down, "v.bin");
+    assert!(
+        !by_owner
+            .iter()
+            .any(|(name, bytes)| name == "liar" && *bytes > 0),
+        "the liar delivered verified bytes? {by_owner:?}"
+    );
+}
+
 /// A downloader SIGKILLed past 40 % and restarted with the same name and
 /// folder resumes: it keeps the verified pieces and fetches only the rest.
 #[test]

@@ -15,10 +15,12 @@
 //!
 //! # Slow disk work
 //!
-//! [`DiskWorker`] is one thread for what can take seconds: the fsync and
-//! rename that finish a download, and hashing a file to publish it. It
-//! reports through a callback (the node's reactor wake handle), so the network
-//! thread never waits on the disk. A download attached to it also kicks
+//! [`DiskWorker`] runs the threads for what can take seconds: the fsync and
+//! rename that finish a download, and hashing a file to publish it; and a
+//! verify lane that hashes a download's whole pieces and writes only those
+//! that match ([`WriteTarget::verify_write`]). It reports through a callback
+//! (the node's reactor wake handle), so the network thread never waits on the
+//! disk. A download attached to it also kicks
 //! writeback of its data as it goes, so the final fsync is short.
 //!
 //! # Files on disk
@@ -69,9 +71,9 @@ pub use folder::{Folder, SharedFile};
 pub use hashcache::PieceHashes;
 pub use hasher::PieceHasher;
 pub use memstore::MemStore;
-pub use partial::PartialFile;
+pub use partial::{PartialFile, WriteTarget};
 pub use secret::SECRET_FILE;
-pub use worker::{DiskDone, DiskWorker};
+pub use worker::{DiskDone, DiskWorker, MAX_VERIFYING, MIN_VERIFY_LEN};
 
 /// BLAKE3 hash of one piece, or of a whole layout (the root).
 pub type Hash = [u8; 32];

@@ -267,6 +267,31 @@ impl PartialFile {
         });
     }
 
+    /// A handle for writing verified pieces into the data file from another thread.
+    pub fn write_target(&self) -> WriteTarget {
+        WriteTarget {
+            name: Arc::from(self.name.as_str()),
+            data: Arc::clone(&self.data),
+            size: self.layout.size,
+        }
+    }
+
+    /// Counts `len` bytes written at `offset` (here or through a [`WriteTarget`]) towards
+    /// the next writeback kick.
+    pub fn note_written(&mut self, offset: u64, len: u64) {
+        let Some(wb) = self.writeback.as_mut() else {
+            return;
+        };
+        wb.lo = wb.lo.min(offset);
+        wb.hi = wb.hi.max(offset.saturating_add(len));
+        wb.dirty += len;
+        if wb.dirty >= WRITEBACK_EVERY {
+            // Pieces land out of order: the covering range may include clean pages, which cost nothing.
+            wb.kicker.kick(&self.data, wb.lo, wb.hi - wb.lo);
+            (wb.lo, wb.hi, wb.dirty) = (u64::MAX, 0, 0);
+        }
+    }
+
     /// From the state file at open (empty/zero if new).
     pub fn claimed_done(&self) -> Vec<bool> {
         self.claimed.clone()
@@ -454,17 +479,42 @@ impl PieceStore for PartialFile {
         self.data
             .write_all_at(data, offset)
             .map_err(|e| io_err(&self.name, "write", e))?;
-        if let Some(wb) = self.writeback.as_mut() {
-            let end = offset + data.len() as u64;
-            wb.lo = wb.lo.min(offset);
-            wb.hi = wb.hi.max(end);
-            wb.dirty += data.len() as u64;
-            if wb.dirty >= WRITEBACK_EVERY {
-                // Pieces land out of order: the covering range may include clean pages, which cost nothing.
-                wb.kicker.kick(&self.data, wb.lo, wb.hi - wb.lo);
-                (wb.lo, wb.hi, wb.dirty) = (u64::MAX, 0, 0);
-            }
-        }
+        self.note_written(offset, data.len() as u64);
         Ok(())
+    }
+}
+
+/// A download's data file, for writing verified pieces from a disk thread
+/// ([`WriteTarget::verify_write`]); the [`PartialFile`] stays with the download.
+#[derive(Clone, Debug)]
+pub struct WriteTarget {
+    name: Arc<str>,
+    data: Arc<File>,
+    size: u64,
+}
+
+impl WriteTarget {
+    /// The file's name in the folder.
+    pub fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    /// Hashes `data` and writes it at `offset` only if the hash is `want`: `Ok(true)` once
+    /// written, `Ok(false)` (nothing written) on a mismatch. The caller then reports the
+    /// bytes to [`PartialFile::note_written`], so writeback kicks still happen.
+    pub fn verify_write(
+        &self,
+        offset: u64,
+        data: &[u8],
+        want: &Hash,
+    ) -> Result<bool, StorageError> {
+        if super::hash_piece(data) != *want {
+            return Ok(false);
+        }
+        check_range(&self.name, "write", self.size, offset, data.len())?;
+        self.data
+            .write_all_at(data, offset)
+            .map_err(|e| io_err(&self.name, "write", e))?;
+        Ok(true)
     }
 }

@@ -12,6 +12,14 @@
 //! start writing dirty pages (`sync_file_range(SYNC_FILE_RANGE_WRITE)`),
 //! which returns without waiting for the disk unless its queue is full; they
 //! run here so that even that wait is never the reactor's.
+//!
+//! A third lane checks and writes whole single-block pieces a download received
+//! ([`DiskWorker::verify_write`]): hashing and the `pwrite` are most of a
+//! downloader's own CPU work, and here they overlap with the network thread's
+//! receiving and CRC checking. At most [`MAX_VERIFYING`] pieces are in flight, each
+//! in a buffer the thread hands back; past that (the node stops reading owners' input
+//! before it gets there) and for pieces under [`MIN_VERIFY_LEN`] the caller does the
+//! work itself.
 
 use std::fs::File;
 use std::io;
@@ -21,7 +29,16 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 
-use super::{Folder, Hash, PartialFile, PieceHashes, SharedFile, StorageError};
+use super::{Folder, Hash, PartialFile, PieceHashes, SharedFile, StorageError, WriteTarget};
+
+/// Most pieces queued or being checked on the verify lane at once: each holds a copy of
+/// up to one block (1 MiB), so this bounds the buffers to 4 MiB (the downloader's RSS
+/// goal is 16 MiB), and keeps the thread busy while the next piece is received.
+pub const MAX_VERIFYING: usize = 4;
+
+/// Smaller pieces are not worth the trip to the verify lane: hashing and writing 64 KiB
+/// takes about as long as handing it over and hearing back.
+pub const MIN_VERIFY_LEN: usize = 256 << 10;
 
 /// What the worker is asked to do.
 pub(crate) enum Job {
@@ -50,6 +67,15 @@ pub(crate) enum Job {
         file: Arc<File>,
         offset: u64,
         len: u64,
+    },
+    /// Hash `data` and write it at `offset` of `target` only if it is `want`; `data` goes back through `give_back`.
+    Verify {
+        target: WriteTarget,
+        offset: u64,
+        data: Vec<u8>,
+        want: Hash,
+        tag: u64,
+        give_back: Sender<Vec<u8>>,
     },
     /// Exit once the jobs before this one ran ([`PartialFile`]s hold senders, so the channel may never close).
     Stop,
@@ -89,6 +115,15 @@ pub enum DiskDone {
         /// The key the driver gave.
         key: u64,
     },
+    /// A piece queued with [`DiskWorker::verify_write`] was checked (and written if it matched).
+    Verified {
+        /// The file's name in the folder.
+        name: Arc<str>,
+        /// The tag the driver gave.
+        tag: u64,
+        /// True once written, false if its hash did not match (nothing written), or the write error.
+        result: Result<bool, StorageError>,
+    },
 }
 
 /// Handle on the disk threads: queue jobs, collect results; dropping it lets the threads
@@ -101,6 +136,12 @@ pub enum DiskDone {
 pub struct DiskWorker {
     quick: Lane,
     slow: Lane,
+    verify: Lane,
+    /// Buffers of finished verify jobs, back from the verify thread for reuse.
+    free: Receiver<Vec<u8>>,
+    give_back: Sender<Vec<u8>>,
+    /// Verify jobs queued whose result was not taken yet (at most [`MAX_VERIFYING`]).
+    verifying: usize,
     /// Set by `drain`: hashing and checks still queued or running are dropped (a stopping
     /// node does not wait for them).
     stop: Arc<AtomicBool>,
@@ -194,10 +235,16 @@ impl DiskWorker {
         let stop = Arc::new(AtomicBool::new(false));
         let notify: Arc<dyn Fn() + Send + Sync> = Arc::new(notify);
         let quick = Lane::start("shoal-disk", &stop, outbox.clone(), Arc::clone(&notify))?;
+        let verify = Lane::start("shoal-verify", &stop, outbox.clone(), Arc::clone(&notify))?;
         let slow = Lane::start("shoal-hash", &stop, outbox, notify)?;
+        let (give_back, free) = mpsc::channel();
         Ok(DiskWorker {
             quick,
             slow,
+            verify,
+            free,
+            give_back,
+            verifying: 0,
             stop,
             done,
             inline: Vec::new(),
@@ -245,12 +292,54 @@ impl DiskWorker {
         }
     }
 
+    /// Queues hashing `data` (a whole piece, copied here) and, only if its hash is `want`,
+    /// writing it at `offset` of `target`; a [`DiskDone::Verified`] with `tag` follows.
+    /// False (nothing queued) for a piece under [`MIN_VERIFY_LEN`], when [`MAX_VERIFYING`]
+    /// are in flight, or when the thread is gone: the caller then checks and writes it itself.
+    pub fn verify_write(
+        &mut self,
+        target: &WriteTarget,
+        offset: u64,
+        data: &[u8],
+        want: &Hash,
+        tag: u64,
+    ) -> bool {
+        if data.len() < MIN_VERIFY_LEN
+            || self.verifying >= MAX_VERIFYING
+            || self.verify.jobs.is_none()
+        {
+            return false;
+        }
+        // Every buffer is handed back before its result is sent, so with fewer than
+        // MAX_VERIFYING results outstanding at most that many buffers ever exist.
+        let mut buf = self.free.try_recv().unwrap_or_default();
+        buf.clear();
+        buf.extend_from_slice(data);
+        let job = Job::Verify {
+            target: target.clone(),
+            offset,
+            data: buf,
+            want: *want,
+            tag,
+            give_back: self.give_back.clone(),
+        };
+        if self.verify.send(job).is_some() {
+            return false;
+        }
+        self.verifying += 1;
+        true
+    }
+
     /// The next result, if one is ready (never blocks).
     pub fn try_next(&mut self) -> Option<DiskDone> {
-        if let Some(done) = self.inline.pop() {
-            return Some(done);
+        let done = match self.inline.pop() {
+            Some(done) => done,
+            None => self.done.try_recv().ok()?,
+        };
+        if matches!(done, DiskDone::Verified { .. }) {
+            self.verifying = self.verifying.saturating_sub(1);
         }
-        self.done.try_recv().ok()
+        Some(done)
     }
 
     /// Waits until every queued finish has run and returns the results (for a clean stop);
@@ -258,9 +347,11 @@ impl DiskWorker {
     pub fn drain(&mut self) -> Vec<DiskDone> {
         self.stop.store(true, Ordering::Relaxed);
         self.slow.stop();
+        self.verify.stop();
         self.quick.stop();
         let mut all = std::mem::take(&mut self.inline);
         all.extend(self.done.try_iter());
+        self.verifying = 0;
         all
     }
 
@@ -340,6 +431,34 @@ fn run(job: Job, stop: &AtomicBool, scratch: &mut Vec<u8>) -> Option<DiskDone> {
         Job::Writeback { file, offset, len } => {
             start_writeback(&file, offset, len);
             None
+        }
+        Job::Verify {
+            target,
+            offset,
+            data,
+            want,
+            tag,
+            give_back,
+        } => {
+            // Every job must get its verdict: the node stops reading owners while pieces
+            // wait, so a lost one would stall it. A panic becomes a write error instead.
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                target.verify_write(offset, &data, &want)
+            }))
+            .unwrap_or_else(|_| {
+                Err(super::own_err(
+                    target.name(),
+                    "verify and write",
+                    io::ErrorKind::Other,
+                    "the disk thread failed".into(),
+                ))
+            });
+            let _ = give_back.send(data);
+            Some(DiskDone::Verified {
+                name: Arc::clone(target.name()),
+                tag,
+                result,
+            })
         }
         Job::Stop => None,
     }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use shoal::node::download::Progress;
 use shoal::node::machine::{ConnId, NodeIo};
-use shoal::storage::{self, DiskDone, Folder, Hash, PartialFile, SharedFile};
+use shoal::storage::{self, DiskDone, Folder, Hash, PartialFile, SharedFile, WriteTarget};
 use shoal::tracker::state::{Outbox, SessionId};
 use shoal::wire::{self, Message};
 
@@ -354,6 +354,28 @@ impl NodeIo for Io<'_> {
     }
 
     fn disk_writeback(&mut self, _file: &mut PartialFile) {}
+
+    fn disk_verify_write(
+        &mut self,
+        target: &WriteTarget,
+        offset: u64,
+        data: &[u8],
+        want: &Hash,
+        tag: u64,
+    ) -> bool {
+        // As the node's disk worker: small pieces are checked by the caller.
+        if data.len() < storage::MIN_VERIFY_LEN {
+            return false;
+        }
+        // Done at once; the verdict comes as a separate event, as from a disk thread.
+        let result = target.verify_write(offset, data, want);
+        self.disk_done(DiskDone::Verified {
+            name: target.name().clone(),
+            tag,
+            result,
+        });
+        true
+    }
 
     fn say(&mut self, line: &str) {
         if line.starts_with("downloaded ") {

@@ -12,8 +12,15 @@
 //! run on data its phase does not have.
 //!
 //! Data safety rules:
-//! - a piece of one block is hashed while still in the read buffer and written
-//!   only if it matches, so bad data never reaches the disk and blame is exact;
+//! - a piece of one block is hashed and written only if it matches, so bad data
+//!   never reaches the disk and blame is exact: either while still in the read
+//!   buffer, or by the driver off the network thread ([`PeerIo::verify_write`]),
+//!   whose verdict ([`Download::handle_verified`]) then decides, exactly as the
+//!   synchronous check would;
+//! - a piece is recorded as done (`mark_done`) only once its bytes are written, and
+//!   the download is complete only once every verdict is in;
+//! - a copy of a piece arriving while another copy is being verified is dropped
+//!   (never written twice, never counted twice);
 //! - a piece of several blocks is fetched from one owner only (no endgame
 //!   copies), written as it comes, and verified by reading it back;
 //! - a piece that fails its hash drops the owner that sent it, and goes back in
@@ -32,7 +39,7 @@ mod state;
 mod tests;
 mod versions;
 
-use state::{Fetching, HashFetch, State, Verifying};
+use state::{Fetching, HashFetch, Pending, State, Verifying};
 use versions::Listed;
 pub use versions::{split_pin, RootPin, MIN_PIN_HEX};
 
@@ -55,6 +62,8 @@ pub trait PartStore: PieceStore {
     fn mark_bad(&mut self, piece: u32) -> Result<(), StorageError>;
     /// Makes the marks so far survive a crash (called about every quarter second).
     fn save_marks(&mut self) -> Result<(), StorageError>;
+    /// `len` bytes at `offset` were written by the driver, not through `write_at`.
+    fn note_written(&mut self, _offset: u64, _len: u64) {}
     /// Removes what was stored (a version given up before any piece of it was verified).
     fn discard(self) -> Result<(), StorageError>
     where
@@ -74,6 +83,9 @@ impl PartStore for storage::PartialFile {
     fn save_marks(&mut self) -> Result<(), StorageError> {
         storage::PartialFile::save_marks(self)
     }
+    fn note_written(&mut self, offset: u64, len: u64) {
+        storage::PartialFile::note_written(self, offset, len)
+    }
     fn discard(self) -> Result<(), StorageError> {
         storage::PartialFile::discard(self)
     }
@@ -91,7 +103,7 @@ impl PartStore for storage::MemStore {
     }
 }
 
-/// Connection actions a download asks of its driver.
+/// Connection actions (and the one disk job) a download asks of its driver.
 pub trait PeerIo {
     /// Open a connection for `slot` to `addr`; report back with `handle_connected` or `handle_closed`.
     fn connect(&mut self, slot: SlotId, addr: SocketAddr);
@@ -99,6 +111,13 @@ pub trait PeerIo {
     fn send(&mut self, slot: SlotId, msg: &Message<'_>);
     /// Close `slot`'s connection; no `handle_closed` is expected for it.
     fn disconnect(&mut self, slot: SlotId);
+    /// Offers a whole piece, `data`, to be hashed against `want` and, only if it matches,
+    /// written at `offset` of the attached store, off the network thread: true if taken
+    /// (a [`Download::handle_verified`] with `tag` follows), false to check and write it
+    /// here. None is taken unless the driver overrides this.
+    fn verify_write(&mut self, _offset: u64, _data: &[u8], _want: &Hash, _tag: u64) -> bool {
+        false
+    }
 }
 
 /// What a download tells its driver.
@@ -225,6 +244,9 @@ pub struct Download<S> {
     next_slot: SlotId,
     /// Reused buffer for reading pieces back.
     scratch: Vec<u8>,
+    /// The tag of the next piece handed to [`PeerIo::verify_write`] (never reused, so a
+    /// verdict for a version given up is recognised as stale).
+    next_tag: u64,
     /// When something needed last arrived (hashes we lacked, a requested block): the give-up clock.
     last_delivery: Instant,
     next_tick: Instant,
@@ -266,6 +288,7 @@ impl<S: PartStore> Download<S> {
             peers: BTreeMap::new(),
             next_slot: 1,
             scratch: Vec::new(),
+            next_tag: 0,
             last_delivery: now,
             next_tick: now + TICK,
             notices: VecDeque::new(),
@@ -304,6 +327,12 @@ impl<S: PartStore> Download<S> {
     /// The attached store, for serving verified pieces to others.
     pub fn store(&self) -> Option<&S> {
         self.state.store()
+    }
+
+    /// The attached store, for a driver that writes the pieces it takes with
+    /// [`PeerIo::verify_write`] into it itself (an in-memory store has no other way in).
+    pub fn store_mut(&mut self) -> Option<&mut S> {
+        self.state.store_mut()
     }
 
     /// Writes the verified-piece record now (it is otherwise saved every tick).
@@ -432,6 +461,7 @@ impl<S: PartStore> Download<S> {
                 picker,
                 store,
                 asked_at: HashMap::new(),
+                verifying: Vec::new(),
             },
             next: 0,
             due: now,

@@ -95,6 +95,7 @@ impl<S: PartStore> Download<S> {
             return;
         };
         let len = data.len() as u32;
+        let addr = peer.addr;
         self.fetched_bytes += u64::from(len);
         let Some(pos) = peer
             .requests
@@ -124,10 +125,33 @@ impl<S: PartStore> Download<S> {
             self.fill(now, io);
             return;
         }
+        if fetch.is_verifying(piece) {
+            // An endgame copy of a piece whose first copy awaits its verdict: dropped, and
+            // this copy's claim on the piece with it (a bad verdict makes it wanted again).
+            self.refetched_bytes += u64::from(len);
+            fetch.picker.release(piece);
+            self.fill(now, io);
+            return;
+        }
         let piece_len = layout.piece_len(piece.0);
         let at = layout.piece_offset(piece.0) + u64::from(offset);
         if offset == 0 && len == piece_len {
-            // The whole piece is in hand: check it before it touches the disk.
+            // The whole piece is in hand: check it before it touches the disk, off this
+            // thread if the driver takes it (the verdict comes to `handle_verified`).
+            let tag = self.next_tag;
+            if io.verify_write(at, data, &fetch.hashes[piece.idx()], tag) {
+                self.next_tag += 1;
+                fetch.verifying.push(Pending {
+                    tag,
+                    piece,
+                    slot,
+                    addr,
+                    at,
+                    len,
+                });
+                self.fill(now, io);
+                return;
+            }
             if storage::hash_piece(data) != fetch.hashes[piece.idx()] {
                 self.reject_piece(now, slot, piece, io);
                 return;
@@ -211,6 +235,50 @@ impl<S: PartStore> Download<S> {
             picker.release(piece);
         }
         self.fill(now, io);
+    }
+
+    /// The driver's verdict on the piece handed over with `tag` ([`PeerIo::verify_write`]):
+    /// written (it is verified now), failing its hash (nothing was written; the sender is
+    /// banned), or the write failed (the download fails, as a synchronous write would).
+    pub fn handle_verified(
+        &mut self,
+        now: Instant,
+        tag: u64,
+        result: Result<bool, StorageError>,
+        io: &mut dyn PeerIo,
+    ) {
+        let Some(fetch) = self.state.fetching_mut() else {
+            return;
+        };
+        // Not found: a verdict for a version given up since.
+        let Some(i) = fetch.verifying.iter().position(|p| p.tag == tag) else {
+            return;
+        };
+        let pending = fetch.verifying.swap_remove(i);
+        match result {
+            Ok(true) => {
+                fetch.store.note_written(pending.at, u64::from(pending.len));
+                self.piece_verified(now, pending.slot, pending.piece, io);
+            }
+            Ok(false) if self.peers.contains_key(&pending.slot) => {
+                self.reject_piece(now, pending.slot, pending.piece, io);
+            }
+            Ok(false) => {
+                // The sender left meanwhile: the ban still holds for its address.
+                fetch.picker.release(pending.piece);
+                let root = fetch.info.root;
+                self.banned.insert((pending.addr, root));
+                self.candidates.remove(&pending.addr);
+                log::warn!(
+                    "{}: banning the owner at {}: sent piece {} failing its hash",
+                    self.name,
+                    pending.addr,
+                    pending.piece
+                );
+                self.fill(now, io);
+            }
+            Err(e) => self.fail(io, format!("cannot write {}: {e}", self.name)),
+        }
     }
 
     /// `slot` sent `piece` failing its hash: the piece goes back in the queue (its last
@@ -341,10 +409,12 @@ impl<S: PartStore> Download<S> {
                 // go to whoever is free, and only chase pieces that are late.
                 None if peer.requests.is_empty() => {
                     let asked_at = &fetch.asked_at;
+                    let verifying = &fetch.verifying;
                     let patience = self.config.endgame_after;
                     let not_yet = |p: PieceIndex| {
                         layout.piece_len(p.0) > MAX_BLOCK_LEN
                             || peer.refuses(p, now)
+                            || verifying.iter().any(|v| v.piece == p)
                             || asked_at
                                 .get(&p)
                                 .is_some_and(|&t| now.saturating_duration_since(t) < patience)

@@ -36,6 +36,29 @@ pub(super) struct Fetching<S> {
     pub(super) store: S,
     /// When each piece in flight was last asked for (endgame copies wait for late ones).
     pub(super) asked_at: HashMap<PieceIndex, Instant>,
+    /// Pieces handed to the driver to verify and write, awaiting its verdict (a few at most).
+    pub(super) verifying: Vec<Pending>,
+}
+
+impl<S> Fetching<S> {
+    /// True while a copy of `piece` awaits its verdict.
+    pub(super) fn is_verifying(&self, piece: PieceIndex) -> bool {
+        self.verifying.iter().any(|p| p.piece == piece)
+    }
+}
+
+/// A piece handed to [`PeerIo::verify_write`]: who sent it, for the verdict.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Pending {
+    pub(super) tag: u64,
+    pub(super) piece: PieceIndex,
+    /// The connection it came on (it may be gone when the verdict comes).
+    pub(super) slot: SlotId,
+    /// Where the sender is, so it can be banned even once disconnected.
+    pub(super) addr: SocketAddr,
+    /// Where in the file it goes, and its length.
+    pub(super) at: u64,
+    pub(super) len: u32,
 }
 
 /// Re-hashing the pieces an earlier run recorded as verified, a step at a time.

@@ -26,6 +26,8 @@ enum Acts {
     Unasked,
     /// Publishes hashes that hold, then sends blocks that do not match them.
     Corrupt,
+    /// Serves its file correctly, each block 400 ms after it is asked for.
+    Slow,
 }
 
 struct Owner_ {
@@ -43,6 +45,10 @@ struct Io {
     connects: Vec<(SlotId, SocketAddr)>,
     sent: Vec<(SlotId, Vec<u8>)>,
     closed: Vec<SlotId>,
+    /// Take pieces offered with `verify_write` (as the node's disk thread does).
+    takes_verify: bool,
+    /// Pieces taken: (offset, bytes, expected hash, tag).
+    jobs: Vec<(u64, Vec<u8>, Hash, u64)>,
 }
 
 impl PeerIo for Io {
@@ -56,6 +62,12 @@ impl PeerIo for Io {
     }
     fn disconnect(&mut self, slot: SlotId) {
         self.closed.push(slot);
+    }
+    fn verify_write(&mut self, offset: u64, data: &[u8], want: &Hash, tag: u64) -> bool {
+        if self.takes_verify {
+            self.jobs.push((offset, data.to_vec(), *want, tag));
+        }
+        self.takes_verify
     }
 }
 
@@ -94,13 +106,45 @@ struct Outcome {
     bytes: Vec<u8>,
     contacted: Vec<SocketAddr>,
     elapsed: Duration,
+    /// Verdicts given on pieces checked "off the thread" (`run_verifying`), and how many failed.
+    verdicts: usize,
+    rejected: usize,
+    /// Verified bytes credited to owners, all owners together.
+    credited: u64,
+    refetched: u64,
 }
 
 /// Runs `dl` against `owners` until it completes or fails, or `limit` of simulated time passes.
-fn run(mut dl: Download<MemStore>, owners: &[Owner_], limit: Duration) -> Outcome {
+fn run(dl: Download<MemStore>, owners: &[Owner_], limit: Duration) -> Outcome {
+    run_with(dl, owners, limit, None)
+}
+
+/// As [`run`], but whole pieces are taken by the driver (`verify_write`), checked and
+/// written by the harness, and their verdict given `delay` later, as a disk thread would.
+fn run_verifying(
+    dl: Download<MemStore>,
+    owners: &[Owner_],
+    limit: Duration,
+    delay: Duration,
+) -> Outcome {
+    run_with(dl, owners, limit, Some(delay))
+}
+
+fn run_with(
+    mut dl: Download<MemStore>,
+    owners: &[Owner_],
+    limit: Duration,
+    verdict_delay: Option<Duration>,
+) -> Outcome {
     let start = Instant::now();
     let mut now = start;
-    let mut io = Io::default();
+    let mut io = Io {
+        takes_verify: verdict_delay.is_some(),
+        ..Io::default()
+    };
+    // Pieces being "verified": (due, tag, offset, bytes, expected hash).
+    let mut verifying: Vec<(Instant, u64, u64, Vec<u8>, Hash)> = Vec::new();
+    let (mut verdicts, mut rejected) = (0, 0);
     let listed: Vec<Owner<'_>> = owners
         .iter()
         .map(|o| Owner {
@@ -125,6 +169,8 @@ fn run(mut dl: Download<MemStore>, owners: &[Owner_], limit: Duration) -> Outcom
                     dl.attach_store(now, MemStore::new(info.size), &claimed, &mut io);
                 }
                 Notice::Complete => {
+                    // Every verdict is in before the download says it is complete.
+                    assert!(verifying.is_empty(), "complete with verdicts pending");
                     bytes = dl
                         .take_store()
                         .map(|s| s.bytes().to_vec())
@@ -142,6 +188,10 @@ fn run(mut dl: Download<MemStore>, owners: &[Owner_], limit: Duration) -> Outcom
         for slot in std::mem::take(&mut io.closed) {
             slots.remove(&slot);
             pending.retain(|(_, s, _)| *s != slot);
+        }
+        for (at, data, want, tag) in std::mem::take(&mut io.jobs) {
+            let due = now + verdict_delay.unwrap_or_default();
+            verifying.push((due, tag, at, data, want));
         }
         if let Some((slot, addr)) = io.connects.pop() {
             contacted.push(addr);
@@ -168,6 +218,24 @@ fn run(mut dl: Download<MemStore>, owners: &[Owner_], limit: Duration) -> Outcom
         pending.sort_by_key(|(due, slot, _)| (*due, *slot));
         let next_frame = pending.first().map(|(due, _, _)| *due);
         let next_timer = dl.poll_timeout();
+        if let Some(due) = verifying.first().map(|v| v.0) {
+            if next_frame.is_none_or(|f| due <= f) && next_timer.is_none_or(|t| due <= t) {
+                now = now.max(due);
+                let (_, tag, at, data, want) = verifying.remove(0);
+                let good = hash_piece(&data) == want;
+                if good {
+                    // What the disk thread does: the bytes are written only when they match.
+                    if let Some(store) = dl.store_mut() {
+                        store.write_at(at, &data).expect("in range");
+                    }
+                } else {
+                    rejected += 1;
+                }
+                verdicts += 1;
+                dl.handle_verified(now, tag, Ok(good), &mut io);
+                continue;
+            }
+        }
         match (next_frame, next_timer) {
             (Some(f), t) if t.is_none_or(|t| f <= t) => {
                 now = now.max(f);
@@ -191,6 +259,10 @@ fn run(mut dl: Download<MemStore>, owners: &[Owner_], limit: Duration) -> Outcom
         bytes,
         contacted,
         elapsed: now.duration_since(start),
+        verdicts,
+        rejected,
+        credited: dl.sources().values().sum(),
+        refetched: dl.refetched_bytes(),
     }
 }
 
@@ -285,8 +357,9 @@ fn answer(
             if acts == Acts::Corrupt {
                 data.iter_mut().for_each(|b| *b ^= 0x5a);
             }
+            let delay = if acts == Acts::Slow { ms * 400 } else { ms };
             reply(
-                ms,
+                delay,
                 &Message::FileCommunication(Block {
                     root: r.root,
                     piece: r.piece,
@@ -755,4 +828,87 @@ fn downloaders_listed_as_partial_owners_do_not_make_a_version_look_popular() {
     let mut io = Io::default();
     dl.handle_owners(Instant::now(), &listed, &mut io);
     assert_eq!(dl.info(), Some(info), "two hosts holding it complete win");
+}
+
+#[test]
+fn pieces_verified_off_the_thread_complete_and_a_corrupt_owner_is_banned() {
+    // More than one owner's first window (16 pieces), so both are asked.
+    let data = file(64 * PIECE as usize, 3);
+    let info = info_of(&data);
+    let owners = [
+        owner(1, info, &data, Acts::Corrupt),
+        owner(2, info, &data, Acts::Honest),
+    ];
+    let out = run_verifying(
+        download(),
+        &owners,
+        Duration::from_secs(60),
+        Duration::from_millis(5),
+    );
+    assert_eq!(out.end, Some(Notice::Complete));
+    assert_eq!(out.bytes, data);
+    assert!(
+        out.rejected >= 1,
+        "the liar's pieces were judged off the thread"
+    );
+    assert_eq!(out.verdicts - out.rejected, 64, "each piece written once");
+    assert_eq!(out.credited, data.len() as u64);
+    let liar = out
+        .contacted
+        .iter()
+        .filter(|&&a| a == owners[0].addr)
+        .count();
+    assert_eq!(
+        liar, 1,
+        "the liar is banned, never reconnected: {:?}",
+        out.contacted
+    );
+}
+
+#[test]
+fn an_endgame_copy_of_a_piece_awaiting_its_verdict_is_dropped_not_counted_twice() {
+    // A slow owner holds pieces long enough for the fast one to be asked for copies,
+    // and verdicts take long enough for the slow copies to land meanwhile.
+    let data = file(64 * PIECE as usize, 4);
+    let info = info_of(&data);
+    let owners = [
+        owner(1, info, &data, Acts::Slow),
+        owner(2, info, &data, Acts::Honest),
+    ];
+    let out = run_verifying(
+        download(),
+        &owners,
+        Duration::from_secs(60),
+        Duration::from_millis(250),
+    );
+    assert_eq!(out.end, Some(Notice::Complete));
+    assert_eq!(out.bytes, data);
+    assert_eq!(out.verdicts, 64, "each piece checked and written once");
+    assert_eq!(out.credited, data.len() as u64, "each piece credited once");
+    assert!(out.refetched > 0, "some copies were dropped");
+}
+
+#[test]
+fn verdicts_for_a_version_given_up_are_ignored() {
+    let real = file(3 * PIECE as usize, 7);
+    let bait = file(3 * PIECE as usize, 8);
+    let (info, bait_info) = (info_of(&real), info_of(&bait));
+    let on = |ip: [u8; 4], mut o: Owner_| {
+        o.addr = SocketAddr::from((ip, o.addr.port()));
+        o
+    };
+    let owners = [
+        on([10, 5, 0, 1], owner(1, bait_info, &bait, Acts::Corrupt)),
+        on([10, 5, 0, 2], owner(2, bait_info, &bait, Acts::Corrupt)),
+        on([10, 0, 0, 1], owner(3, info, &real, Acts::Honest)),
+    ];
+    let out = run_verifying(
+        download(),
+        &owners,
+        Duration::from_secs(120),
+        Duration::from_millis(50),
+    );
+    assert_eq!(out.end, Some(Notice::Complete));
+    assert_eq!(out.bytes, real);
+    assert!(out.rejected >= 2, "{} rejected", out.rejected);
 }

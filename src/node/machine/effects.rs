@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 
 use super::ConnId;
 use crate::node::download::Progress;
-use crate::storage::{Folder, Hash, PartialFile, SharedFile};
+use crate::storage::{Folder, Hash, PartialFile, SharedFile, WriteTarget};
 
 /// What the node asks of its driver: connections, disk jobs and lines for people.
 ///
@@ -35,6 +35,16 @@ pub trait NodeIo {
     fn disk_check(&mut self, file: PartialFile, hashes: Vec<Hash>);
     /// Flushes and renames a complete download into place: `DiskDone::Finished`.
     fn disk_finish(&mut self, file: PartialFile);
+    /// Hashes a whole piece, `data`, and writes it at `offset` of `target` only if its hash
+    /// is `want`: `DiskDone::Verified` with `tag`; false if not queued (the caller does it).
+    fn disk_verify_write(
+        &mut self,
+        target: &WriteTarget,
+        offset: u64,
+        data: &[u8],
+        want: &Hash,
+        tag: u64,
+    ) -> bool;
     /// Lets `file` start writeback early from the disk thread (a no-op where there is none).
     fn disk_writeback(&mut self, file: &mut PartialFile);
     /// One result line for the user (standard output).

@@ -41,7 +41,7 @@ use super::serve::{serve_block, FileView, Library, ServeConn, ServeOutcome, Serv
 use super::text::esc;
 use crate::hex::{hex, short_hex};
 pub use crate::reactor::{CloseReason, ConnId};
-use crate::storage::{self, DiskDone, Folder, Hash, Layout, PartialFile, SharedFile};
+use crate::storage::{self, DiskDone, Folder, Hash, Layout, PartialFile, SharedFile, WriteTarget};
 use crate::wire::{
     self, Decoded, ErrorCode, FileInfo, Limits, Message, NodeSecret, NodeToTracker, RootHash,
 };
@@ -129,6 +129,8 @@ struct Transfer {
     next_draw: Instant,
     /// The disk thread is re-hashing the pieces an earlier run left.
     checking: bool,
+    /// The attached store's data file, for pieces checked and written off the network thread.
+    target: Option<WriteTarget>,
 }
 
 impl Transfer {
@@ -167,6 +169,11 @@ pub struct Node {
     uploads: uploads::Uploads,
     /// When the tracker keep-alive and the idle sweep are next due.
     housekeep_at: Instant,
+    /// Whole pieces handed to the disk thread to verify and write, verdict not in yet.
+    verifying: usize,
+    /// Owner connections whose input waits while [`storage::MAX_VERIFYING`] pieces are
+    /// verifying (read on once a verdict comes).
+    held: Vec<ConnId>,
     /// The time the current `handle_*` call was given.
     now: Instant,
 }
@@ -202,6 +209,8 @@ impl Node {
             stopping: false,
             uploads: uploads::Uploads::default(),
             housekeep_at: now + KEEPALIVE_EVERY,
+            verifying: 0,
+            held: Vec::new(),
             now,
         }
     }
@@ -309,6 +318,7 @@ impl Node {
     ) -> usize {
         self.now = now;
         let serving = matches!(self.conns.get(&conn), Some(Role::Serve(..)));
+        let owner = matches!(self.conns.get(&conn), Some(Role::Peer { .. }));
         // A downloader only ever sends us small frames (questions, requests): a bigger one
         // is refused from its header, so it cannot make us hold a data-sized buffer.
         let limits = if serving {
@@ -321,6 +331,14 @@ impl Node {
         let mut used = 0;
         while used < input.len() {
             if serving && io.pending_out(conn) > SERVE_READ_STOP {
+                break;
+            }
+            if owner && self.verifying >= storage::MAX_VERIFYING {
+                // The disk thread is behind: owners' blocks wait in the socket (back-pressure)
+                // rather than being checked and written here, beside it, on the same file.
+                if !self.held.contains(&conn) {
+                    self.held.push(conn);
+                }
                 break;
             }
             match wire::decode_frame(&input[used..], &limits) {
@@ -415,6 +433,17 @@ impl Node {
             } => self.hashed(io, file, piece_size, result),
             DiskDone::Warmed { key } => self.warmed(io, key),
             DiskDone::Checked { name, file, result } => self.checked(io, &name, *file, result),
+            DiskDone::Verified { name, tag, result } => {
+                self.verifying = self.verifying.saturating_sub(1);
+                self.verified(io, &name, tag, result);
+                if self.verifying < storage::MAX_VERIFYING {
+                    for held in std::mem::take(&mut self.held) {
+                        if self.conns.contains_key(&held) {
+                            io.resume_reading(held);
+                        }
+                    }
+                }
+            }
         }
     }
 

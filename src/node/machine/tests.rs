@@ -41,6 +41,16 @@ impl NodeIo for Rec {
     fn disk_check(&mut self, _file: PartialFile, _hashes: Vec<Hash>) {}
     fn disk_finish(&mut self, _file: PartialFile) {}
     fn disk_writeback(&mut self, _file: &mut PartialFile) {}
+    fn disk_verify_write(
+        &mut self,
+        _target: &WriteTarget,
+        _offset: u64,
+        _data: &[u8],
+        _want: &Hash,
+        _tag: u64,
+    ) -> bool {
+        false
+    }
     fn say(&mut self, _line: &str) {}
     fn say_err(&mut self, _line: &str) {}
     fn progress(&mut self, _name: &str, _progress: &Progress) {}

@@ -9,6 +9,10 @@ pub(super) struct DlIo<'a> {
     pub(super) slots: &'a mut HashMap<SlotId, ConnId>,
     pub(super) file: Arc<str>,
     pub(super) failed: Vec<SlotId>,
+    /// Where verified pieces go when the disk thread writes them.
+    pub(super) target: Option<&'a WriteTarget>,
+    /// The node's count of pieces on the disk thread.
+    pub(super) verifying: &'a mut usize,
 }
 
 impl PeerIo for DlIo<'_> {
@@ -46,6 +50,16 @@ impl PeerIo for DlIo<'_> {
         if let Some(conn) = self.slots.remove(&slot) {
             self.conns.remove(&conn);
             self.io.close(conn);
+        }
+    }
+
+    fn verify_write(&mut self, offset: u64, data: &[u8], want: &Hash, tag: u64) -> bool {
+        match self.target {
+            Some(target) if self.io.disk_verify_write(target, offset, data, want, tag) => {
+                *self.verifying += 1;
+                true
+            }
+            _ => false,
         }
     }
 }
@@ -93,6 +107,7 @@ impl Node {
             shown: ShownRate::default(),
             next_draw: now,
             checking: false,
+            target: None,
         };
         self.downloads.insert(name.to_owned(), transfer);
         if self.tracker.up {
@@ -123,6 +138,8 @@ impl Node {
             slots: &mut transfer.slots,
             file: transfer.key.clone(),
             failed: Vec::new(),
+            target: transfer.target.as_ref(),
+            verifying: &mut self.verifying,
         };
         f(&mut transfer.dl, &mut peers);
         // Connects that failed at once are reported like any other closed connection.
@@ -167,6 +184,7 @@ impl Node {
             let Some(transfer) = self.downloads.get_mut(file) else {
                 return;
             };
+            transfer.target = Some(partial.write_target());
             if !partial.claimed_done().iter().any(|&c| c) {
                 self.with_download(io, file, |dl, io| dl.attach_checked(now, partial, &[], io));
                 self.announce_partial(io, file);
@@ -206,6 +224,18 @@ impl Node {
             Err(e) => dl.abort(format!("cannot read back {file}: {e}"), io),
         });
         self.announce_partial(io, file);
+    }
+
+    /// The disk thread checked (and, if it matched, wrote) a piece of `file`.
+    pub(super) fn verified(
+        &mut self,
+        io: &mut dyn NodeIo,
+        file: &str,
+        tag: u64,
+        result: Result<bool, storage::StorageError>,
+    ) {
+        let now = self.now;
+        self.with_download(io, file, |dl, io| dl.handle_verified(now, tag, result, io));
     }
 
     /// From the moment its store is attached, a download is a partial owner others can

@@ -16,7 +16,7 @@ use super::machine::{Node, NodeIo};
 use super::progress::ProgressView;
 use super::text::{say, say_err};
 use crate::reactor::{CloseReason, ConnId, Ctx, Handler, ListenerId, Reactor, Stopper};
-use crate::storage::{DiskWorker, Folder, Hash, PartialFile, SharedFile};
+use crate::storage::{DiskWorker, Folder, Hash, PartialFile, SharedFile, WriteTarget};
 use crate::wire;
 
 pub use super::machine::RunReport;
@@ -188,6 +188,16 @@ impl NodeIo for Driver<'_> {
     }
     fn disk_finish(&mut self, file: PartialFile) {
         self.out.disk.finish(file)
+    }
+    fn disk_verify_write(
+        &mut self,
+        target: &WriteTarget,
+        offset: u64,
+        data: &[u8],
+        want: &Hash,
+        tag: u64,
+    ) -> bool {
+        self.out.disk.verify_write(target, offset, data, want, tag)
     }
     fn disk_writeback(&mut self, file: &mut PartialFile) {
         file.start_writeback_with(&self.out.disk)
