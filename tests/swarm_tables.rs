@@ -24,7 +24,8 @@
 //!   pieces held elsewhere turned down when they wait, downloaders listed from the start):
 //!   16 downloaders at 1.7x (paced 1.5x), 100 at 2.1x (1.7x), 1,000 at 3.1x (1.9x). An 8 MiB
 //!   file is one second at R: tracker and connection start-up (about 0.1 s) and the last
-//!   pieces' spread weigh a lot; with `SHOAL_TABLE_MIB=32`, 16 downloaders end at 1.2x.
+//!   pieces' spread weigh a lot; with `SHOAL_TABLE_MIB=32`, 16 downloaders end at 1.2x (paced 1.1x) and 100 at 1.35x
+//!   (paced 1.2x).
 //!   What is left is the ramp: a piece spreads from its holders one block at a time, and
 //!   early on too few distinct pieces are in the crowd for every uplink to be busy.
 
