@@ -61,8 +61,10 @@ pub struct ServeConn {
     waiting_disk: bool,
     /// The disk thread read the next block in: read it now even if it left the cache again.
     may_wait: bool,
-    /// Since when our output to this peer has not once been all handed to the kernel.
+    /// Since when our pending output to this peer has not shrunk (None: nothing pending).
     backlog_since: Option<Instant>,
+    /// Pending output when last looked at, to tell a backlog that moves from one that does not.
+    backlog_last: usize,
 }
 
 impl ServeConn {
@@ -76,17 +78,28 @@ impl ServeConn {
         self.watching.contains(root)
     }
 
-    /// Notes how much output is pending now; true while that backlog is younger than
-    /// `slow_after`, i.e. this peer's replies are moving at our uplink's pace. A peer that
-    /// reads slowly, or not at all, is not what keeps our uplink busy: its backlog stops
-    /// counting against the node's upload budget, so it cannot hold everyone else up.
+    /// Notes how much output is pending now; true unless that backlog has not shrunk for
+    /// `slow_after`, i.e. while this peer's replies are moving. A peer that reads slowly, or
+    /// not at all, is not what keeps our uplink busy: its backlog stops counting against the
+    /// node's upload budget, so it cannot hold everyone else up. (A big block on a slow
+    /// uplink still shrinks, so it keeps counting.)
     pub fn note_backlog(&mut self, pending: usize, now: Instant, slow_after: Duration) -> bool {
         if pending == 0 {
             self.backlog_since = None;
+            self.backlog_last = 0;
             return true;
         }
-        let since = *self.backlog_since.get_or_insert(now);
-        now.saturating_duration_since(since) < slow_after
+        if self.backlog_since.is_none() || pending < self.backlog_last {
+            self.backlog_since = Some(now);
+        }
+        self.backlog_last = pending;
+        self.is_moving(now, slow_after)
+    }
+
+    /// True unless the backlog last noted has not shrunk for `slow_after`.
+    pub fn is_moving(&self, now: Instant, slow_after: Duration) -> bool {
+        self.backlog_since
+            .is_none_or(|since| now.saturating_duration_since(since) < slow_after)
     }
 
     /// When this peer's current backlog stops counting against the budget, if it counts now.
@@ -187,21 +200,35 @@ impl ServeConn {
     /// `elsewhere` says the peer can get from others; returns how many. A crowd asks the
     /// first holder of a piece all at once: those it cannot serve soon are better asked of
     /// whoever got the piece from it meanwhile.
+    ///
+    /// Only the oldest requests, at the front, are looked at, at most `depth` of them: the
+    /// queue is in arrival order, and a sweep must stay cheap however long queues get.
     pub fn turn_down_stale(
         &mut self,
         before: Instant,
+        depth: usize,
         elsewhere: impl Fn(&BlockRequest) -> bool,
         out: &mut Vec<u8>,
     ) -> usize {
+        let old = self
+            .queue
+            .iter()
+            .take(depth)
+            .take_while(|(_, at)| *at < before)
+            .count();
+        let mut kept = Vec::with_capacity(old);
         let mut turned = 0;
-        self.queue.retain(|(r, at)| {
-            if *at >= before || !elsewhere(r) {
-                return true;
+        for (r, at) in self.queue.drain(..old) {
+            if elsewhere(&r) {
+                send(out, &Message::Cancel(r));
+                turned += 1;
+            } else {
+                kept.push((r, at));
             }
-            send(out, &Message::Cancel(*r));
-            turned += 1;
-            false
-        });
+        }
+        while let Some(entry) = kept.pop() {
+            self.queue.push_front(entry);
+        }
         turned
     }
 
@@ -330,7 +357,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_backlog_counts_until_it_is_older_than_the_slow_reader_limit() {
+    fn a_backlog_counts_until_it_has_not_shrunk_for_the_slow_reader_limit() {
         let mut conn = ServeConn::new();
         let t0 = Instant::now();
         let limit = Duration::from_secs(1);
@@ -339,16 +366,20 @@ mod tests {
         assert_eq!(conn.backlog_counts_until(limit), Some(t0 + limit));
         let later = t0 + Duration::from_millis(999);
         assert!(
-            conn.note_backlog(100, later, limit),
-            "still draining in time"
+            conn.note_backlog(300, later, limit),
+            "stuck, but not for long"
         );
         assert!(
-            !conn.note_backlog(100, t0 + limit, limit),
-            "a backlog never all sent for the limit is a slow reader's"
+            !conn.note_backlog(300, t0 + limit, limit),
+            "a backlog that has not shrunk for the limit is a slow reader's"
         );
+        // A big block on a slow uplink shrinks: it keeps counting, however long it takes.
+        assert!(conn.note_backlog(200, t0 + limit, limit));
+        let almost = t0 + limit * 2 - Duration::from_millis(1);
+        assert!(conn.note_backlog(200, almost, limit));
         // Once it has all gone out, the connection counts again from scratch.
-        assert!(conn.note_backlog(0, t0 + limit * 2, limit));
-        assert!(conn.note_backlog(50, t0 + limit * 2, limit));
+        assert!(conn.note_backlog(0, t0 + limit * 3, limit));
+        assert!(conn.note_backlog(50, t0 + limit * 3, limit));
     }
 
     #[test]
@@ -367,8 +398,12 @@ mod tests {
             .push_back((req(3), t0 + Duration::from_millis(50)));
         let mut out = Vec::new();
         // Piece 2 was never sent from here: it may be ours alone, so it waits its turn.
-        let turned =
-            conn.turn_down_stale(t0 + Duration::from_millis(10), |r| r.piece != 2, &mut out);
+        let turned = conn.turn_down_stale(
+            t0 + Duration::from_millis(10),
+            64,
+            |r| r.piece != 2,
+            &mut out,
+        );
         assert_eq!(turned, 1);
         let left: Vec<u32> = conn.queued_front(8).map(|r| r.piece).collect();
         assert_eq!(left, [2, 3], "the young and the unique stay queued");

@@ -501,7 +501,7 @@ pub(crate) fn tune(sock: &SockRef<'_>, config: &Config) {
     }
 }
 
-/// Caps the bytes the kernel holds unsent for this socket (Linux; elsewhere an error).
+/// Caps the bytes the kernel holds unsent for this socket (`TCP_NOTSENT_LOWAT`, Linux).
 fn set_notsent_lowat(sock: &SockRef<'_>, bytes: usize) -> std::io::Result<()> {
     use std::os::unix::io::AsRawFd;
     let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);

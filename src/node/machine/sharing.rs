@@ -1,6 +1,6 @@
 //! Sharing: hashing files to publish, answering downloaders, pacing uploads.
 
-use super::uploads::{SERVE_BUDGET, SLOW_READER, TURN_DOWN_AFTER};
+use super::uploads::{SERVE_BUDGET, SLOW_READER, SWEEP_CONNS, SWEEP_DEPTH, TURN_DOWN_AFTER};
 use super::*;
 use crate::wire::BlockRequest;
 
@@ -307,9 +307,10 @@ impl Node {
     }
 
     /// Turns down requests for whole pieces this node has sent before that waited longer
-    /// than [`TURN_DOWN_AFTER`] while other downloaders wait on it too: others hold those
-    /// pieces now (see `ServeConn::turn_down_stale`). Pieces it never sent, it alone may
-    /// have: those wait their turn.
+    /// than [`TURN_DOWN_AFTER`] while other downloaders wait on it too: others were sent
+    /// those pieces, so they are likely held elsewhere now (see
+    /// `ServeConn::turn_down_stale`). Pieces it never sent, it alone may have: those wait
+    /// their turn.
     fn turn_down_stale(&mut self, io: &mut dyn NodeIo) {
         if self.uploads.next_sweep.is_some_and(|t| self.now < t) {
             return;
@@ -320,14 +321,30 @@ impl Node {
         };
         // Only where others wait too: a lone downloader's requests queue behind its own,
         // and turning them down would only leave this node idle.
+        let now = self.now;
         let asking = self
             .conns
             .values()
-            .filter(|role| matches!(role, Role::Serve(s, _) if s.queued() > 0))
+            .filter(|role| {
+                matches!(role, Role::Serve(s, _) if s.queued() > 0 && s.is_moving(now, SLOW_READER))
+            })
             .count();
         if asking < 2 {
             return;
         }
+        // Bounded per sweep: the front of each queue, and so many queues, taking turns.
+        let serving: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, role)| matches!(role, Role::Serve(s, _) if s.queued() > 0))
+            .map(|(&conn, _)| conn)
+            .collect();
+        if serving.is_empty() {
+            return;
+        }
+        let start = self.uploads.sweep_cursor % serving.len();
+        let turns = serving.len().min(SWEEP_CONNS);
+        self.uploads.sweep_cursor = start + turns;
         let lib = Lib {
             shared: &self.shared,
             downloads: &self.downloads,
@@ -340,15 +357,13 @@ impl Node {
                     .by_root(&r.root)
                     .is_some_and(|v| layout_of_view(&v).piece_len(r.piece) == r.len)
         };
-        for (&conn, role) in self.conns.iter_mut() {
-            let Role::Serve(serve, _) = role else {
+        for step in 0..turns {
+            let conn = serving[(start + step) % serving.len()];
+            let Some(Role::Serve(serve, _)) = self.conns.get_mut(&conn) else {
                 continue;
             };
-            if serve.queued() == 0 {
-                continue;
-            }
             if let Some(out) = io.out_buf(conn) {
-                serve.turn_down_stale(before, elsewhere, out);
+                serve.turn_down_stale(before, SWEEP_DEPTH, elsewhere, out);
             }
         }
     }

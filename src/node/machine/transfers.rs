@@ -168,6 +168,25 @@ impl Node {
                 Notice::Failed(reason) => self.failed(io, file, &reason),
             }
         }
+        self.withdraw_given_up(io, file);
+    }
+
+    /// A version this download was listed for and has given up (its temporary file is
+    /// gone) is withdrawn at once, not when the next version's store is attached: others
+    /// asking us for it meanwhile would be refused and drop us.
+    fn withdraw_given_up(&mut self, io: &mut dyn NodeIo, file: &str) {
+        let Some(transfer) = self.downloads.get_mut(file) else {
+            return;
+        };
+        let Some(root) = transfer.announced else {
+            return;
+        };
+        let current = transfer.dl.info().map(|i| i.root);
+        if current == Some(root) || transfer.dl.is_over() {
+            return;
+        }
+        transfer.announced = None;
+        self.tell_tracker(io, &NodeToTracker::Drop { name: file, root });
     }
 
     pub(super) fn attach_store(&mut self, io: &mut dyn NodeIo, file: &str, info: FileInfo) {
@@ -254,7 +273,7 @@ impl Node {
         }
         let before = transfer.announced.replace(info.root);
         if let Some(root) = before {
-            // The version it was fetching was given up: nobody should ask us for it.
+            // Normally withdrawn already (`withdraw_given_up`); never listed twice.
             self.tell_tracker(io, &NodeToTracker::Drop { name: file, root });
         }
         self.tell_tracker(
