@@ -261,22 +261,11 @@ impl Node {
     /// least-sent piece first (see [`uploads`](super::uploads)).
     pub(super) fn serve_blocks(&mut self, io: &mut dyn NodeIo) {
         self.turn_down_stale(io);
-        let mut pending = 0;
-        let mut ready = Vec::new();
-        for (&conn, role) in self.conns.iter_mut() {
-            if let Role::Serve(serve, _) = role {
-                let out = io.pending_out(conn);
-                // A slow reader's backlog is not counted, and it gets nothing more until
-                // that backlog is gone: it can neither hold others up nor pile replies up.
-                let moving = serve.note_backlog(out, self.now, SLOW_READER);
-                if moving {
-                    pending += out;
-                }
-                if moving && out < SERVE_TARGET && serve.queued() > 0 && !serve.is_waiting_disk() {
-                    ready.push(conn);
-                }
-            }
-        }
+        let UploadScan {
+            mut pending,
+            mut ready,
+            ..
+        } = scan_uploads(io, &mut self.conns, self.now);
         // Bounded: every turn either sends a block (pending grows by at least a frame
         // header) or takes a connection off the ready list.
         let turns = ready.len() + SERVE_BUDGET / 64 + 1;
@@ -463,29 +452,52 @@ pub(super) fn serve_wake_at(
     bucket: Option<&mut TokenBucket>,
     now: Instant,
 ) -> Option<Instant> {
-    let mut pending = 0;
-    let mut any = false;
-    let mut ages_out: Option<Instant> = None;
-    for (&conn, role) in conns.iter_mut() {
-        if let Role::Serve(s, _) = role {
-            let out = io.pending_out(conn);
-            if !s.note_backlog(out, now, SLOW_READER) {
-                continue;
-            }
-            pending += out;
-            if let Some(t) = s.backlog_counts_until(SLOW_READER) {
-                ages_out = Some(ages_out.map_or(t, |a| a.min(t)));
-            }
-            any |= s.queued() > 0 && !s.is_waiting_disk() && out < SERVE_TARGET;
-        }
-    }
-    if !any {
+    let scan = scan_uploads(io, conns, now);
+    if scan.ready.is_empty() {
         return None;
     }
-    if pending >= SERVE_BUDGET {
-        return ages_out;
+    if scan.pending >= SERVE_BUDGET {
+        return scan.ages_out;
     }
     bucket.map(|b| b.ready_at(now))
+}
+
+/// Where the node's uploads stand, as `serve_blocks` and `serve_wake_at` both need it.
+struct UploadScan {
+    /// Unsent output of the serving connections that count against the budget.
+    pending: usize,
+    /// Connections that could be sent a block now, in connection order.
+    ready: Vec<ConnId>,
+    /// When the first counted backlog would stop counting, if none of them shrinks.
+    ages_out: Option<Instant>,
+}
+
+/// Notes every serving connection's backlog and sums what counts. A slow reader's backlog
+/// is not counted, and it gets nothing more until that backlog is gone: it can neither hold
+/// others up nor pile replies up.
+fn scan_uploads(io: &dyn NodeIo, conns: &mut BTreeMap<ConnId, Role>, now: Instant) -> UploadScan {
+    let mut scan = UploadScan {
+        pending: 0,
+        ready: Vec::new(),
+        ages_out: None,
+    };
+    for (&conn, role) in conns.iter_mut() {
+        let Role::Serve(serve, _) = role else {
+            continue;
+        };
+        let out = io.pending_out(conn);
+        if !serve.note_backlog(out, now, SLOW_READER) {
+            continue;
+        }
+        scan.pending += out;
+        if let Some(t) = serve.backlog_counts_until(SLOW_READER) {
+            scan.ages_out = Some(scan.ages_out.map_or(t, |a| a.min(t)));
+        }
+        if out < SERVE_TARGET && serve.queued() > 0 && !serve.is_waiting_disk() {
+            scan.ready.push(conn);
+        }
+    }
+    scan
 }
 
 fn layout_of_view(view: &FileView<'_>) -> Layout {
