@@ -169,6 +169,20 @@ fn crowd(title: &str, downloaders: usize, file_len: usize, piece_size: u32, vari
                 queued[1..].iter().sum::<usize>(),
                 queued[1..].iter().max().copied().unwrap_or(0)
             );
+            let mut seen = [0usize; 4];
+            for (i, &ep) in eps.iter().enumerate() {
+                let kind = match swarm.net.uplink(ep) {
+                    Uplink::Busy => 0,
+                    Uplink::Blocked => 1,
+                    Uplink::Empty if queued[first - 1 + i] > 0 => 2,
+                    Uplink::Empty => 3,
+                };
+                seen[kind] += 1;
+            }
+            eprintln!(
+                "        crowd uplinks: {} busy, {} blocked, {} idle with requests queued, {} idle",
+                seen[0], seen[1], seen[2], seen[3]
+            );
             traced = (swarm.net.sent[1], crowd);
         }
         if all {

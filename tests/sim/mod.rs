@@ -24,7 +24,7 @@ use shoal::wire::{self, Decoded, Limits};
 
 mod net;
 
-pub use net::{Access, Net};
+pub use net::{Access, Net, Uplink};
 use net::{Event, Io, NODE_PORT, TRACKER_ADDR, TRACKER_CONGESTED};
 
 /// A node of the swarm, before it starts.

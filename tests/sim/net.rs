@@ -408,3 +408,31 @@ impl Outbox for Io<'_> {
         self.pending_out(ConnId(to)) > TRACKER_CONGESTED
     }
 }
+
+/// What an endpoint's uplink is doing at one instant (the tables' trace).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Uplink {
+    /// Sending a chunk.
+    Busy,
+    /// Output is waiting, held back by a window or a receiver's full downlink queue.
+    Blocked,
+    /// Nothing to send.
+    Empty,
+}
+
+impl Net {
+    /// What `ep`'s uplink is doing now.
+    pub fn uplink(&self, ep: usize) -> Uplink {
+        if self.uplink_busy[ep] {
+            return Uplink::Busy;
+        }
+        let waiting = self.conns[ep].values().any(|&(link, side)| {
+            let end = &self.links[link].ends[side];
+            !end.ended && !end.out.is_empty()
+        });
+        match waiting {
+            true => Uplink::Blocked,
+            false => Uplink::Empty,
+        }
+    }
+}
