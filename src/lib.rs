@@ -7,10 +7,11 @@
 //! Start reading at [`wire`] (the bytes on the wire), then [`reactor`] (the
 //! event loop), [`storage`] (a node's folder), and the two protocols,
 //! [`tracker`] and [`node`]. Dependencies point one way:
-//! `bin → tracker / node → reactor, wire, storage`; [`names`] (the name rule) and
-//! [`hex`] are leaves any of them may use.
+//! `bin → tracker / node → reactor, wire, storage`; [`names`] (the name rule),
+//! [`layout`] (a file's size and piece size) and [`hex`] are leaves any of them may use.
 
 pub mod hex;
+pub mod layout;
 pub mod logging;
 pub mod names;
 pub mod node;

@@ -3,7 +3,8 @@
 //! plus an in-memory backend for tests.
 //!
 //! This module uses nothing of the rest of the crate but the leaves [`crate::names`] (the
-//! name rule it shares with `wire`) and [`crate::hex`]; otherwise std, blake3, log only.
+//! name rule it shares with `wire`), [`crate::layout`] (the file geometry, likewise) and
+//! [`crate::hex`]; otherwise std, blake3, log only.
 //!
 //! # Pieces and hashes
 //!
@@ -67,6 +68,7 @@ mod partial;
 mod secret;
 mod worker;
 
+pub use crate::layout::Layout;
 pub use folder::{Folder, SharedFile};
 pub use hashcache::PieceHashes;
 pub use hasher::PieceHasher;
@@ -80,47 +82,6 @@ pub type Hash = [u8; 32];
 
 /// Domain separation for [`root_hash`]: bump the suffix if the scheme ever changes.
 const ROOT_CONTEXT: &[u8] = b"shoal-root-v1";
-
-/// A file's geometry: size and piece size (piece_size > 0).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Layout {
-    /// File size in bytes.
-    pub size: u64,
-    /// Bytes per piece; every piece but the last is exactly this long.
-    pub piece_size: u32,
-}
-
-impl Layout {
-    /// Number of pieces: ceil(size / piece_size); 0 for an empty file or a zero piece size, saturating at `u32::MAX`.
-    pub fn piece_count(&self) -> u32 {
-        if self.piece_size == 0 {
-            // Invalid layout (it may come from the network): no pieces rather than a panic.
-            return 0;
-        }
-        let n = self.size.div_ceil(u64::from(self.piece_size));
-        u32::try_from(n).unwrap_or(u32::MAX)
-    }
-
-    /// Byte offset where `piece` starts (not checked against the piece count).
-    pub fn piece_offset(&self, piece: u32) -> u64 {
-        u64::from(piece) * u64::from(self.piece_size)
-    }
-
-    /// Length of `piece`: `piece_size`, less for the last piece, 0 if out of range.
-    pub fn piece_len(&self, piece: u32) -> u32 {
-        if piece >= self.piece_count() {
-            return 0;
-        }
-        let left = self.size - self.piece_offset(piece);
-        // `left` > 0 because piece < piece_count; the min fits u32.
-        left.min(u64::from(self.piece_size)) as u32
-    }
-
-    /// True when the piece size is non-zero and every piece index fits a `u32` (no saturation).
-    pub fn is_valid(&self) -> bool {
-        self.piece_size > 0 && self.size.div_ceil(u64::from(self.piece_size)) <= u64::from(u32::MAX)
-    }
-}
 
 /// BLAKE3 hash of one piece's bytes.
 pub fn hash_piece(data: &[u8]) -> Hash {

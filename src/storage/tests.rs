@@ -1,59 +1,11 @@
-//! Unit tests for the pure parts of storage: layout math, names, hashes, MemStore, PieceHasher.
+//! Unit tests for the pure parts of storage: names, hashes, MemStore, PieceHasher
+//! (the layout math is tested in `crate::layout`).
 //! Tests that touch the disk are in `tests/storage.rs`.
 
 use super::*;
 
 fn layout(size: u64, piece_size: u32) -> Layout {
     Layout { size, piece_size }
-}
-
-#[test]
-fn layout_empty_file_has_no_pieces() {
-    let l = layout(0, 16);
-    assert_eq!(l.piece_count(), 0);
-    assert_eq!(l.piece_len(0), 0);
-    assert!(l.is_valid());
-}
-
-#[test]
-fn layout_exact_multiple() {
-    let l = layout(64, 16);
-    assert_eq!(l.piece_count(), 4);
-    assert_eq!(l.piece_offset(3), 48);
-    assert_eq!(l.piece_len(3), 16);
-    assert_eq!(l.piece_len(4), 0);
-}
-
-#[test]
-fn layout_short_last_piece() {
-    let l = layout(65, 16);
-    assert_eq!(l.piece_count(), 5);
-    assert_eq!(l.piece_offset(4), 64);
-    assert_eq!(l.piece_len(4), 1);
-    assert_eq!(l.piece_len(5), 0);
-    assert_eq!(l.piece_len(u32::MAX), 0);
-    let small = layout(5, 16);
-    assert_eq!(small.piece_count(), 1);
-    assert_eq!(small.piece_len(0), 5);
-}
-
-#[test]
-fn layout_degenerate_inputs_do_not_panic() {
-    let zero = layout(10, 0);
-    assert_eq!(zero.piece_count(), 0);
-    assert_eq!(zero.piece_len(0), 0);
-    assert!(!zero.is_valid());
-    let huge = layout(u64::MAX, 1);
-    assert_eq!(huge.piece_count(), u32::MAX);
-    assert!(!huge.is_valid());
-    // The largest valid layout: u32::MAX pieces of u32::MAX bytes.
-    let big = u64::from(u32::MAX) * u64::from(u32::MAX);
-    let max = layout(big, u32::MAX);
-    assert!(max.is_valid());
-    assert_eq!(max.piece_count(), u32::MAX);
-    let last = max.piece_count() - 1;
-    assert_eq!(max.piece_offset(last) + u64::from(max.piece_len(last)), big);
-    assert!(!layout(big + 1, u32::MAX).is_valid());
 }
 
 fn rejected_because(name: &str) -> &'static str {
