@@ -304,7 +304,7 @@ fn answer(
             );
         }
         Message::Request(r) if r.root == file.info.root && how.have[r.piece as usize] => {
-            let at = r.piece as usize * file.info.piece_size as usize + r.offset as usize;
+            let at = file.info.layout().piece_offset(r.piece) as usize + r.offset as usize;
             let mut data = file.data[at..at + r.len as usize].to_vec();
             if how.corrupt {
                 data[0] ^= 0x5a;

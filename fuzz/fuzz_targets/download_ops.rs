@@ -524,10 +524,7 @@ impl PeerIo for Io {
             .versions
             .iter()
             .filter(|v| Some(v.root) == conn.root)
-            .map(|v| Layout {
-                size: v.size,
-                piece_size: v.piece_size,
-            })
+            .map(FileInfo::layout)
             .collect();
         match *msg {
             Message::SizeInformation(SizeInformation::Question { name, root }) => {
@@ -1133,10 +1130,7 @@ impl Sim {
                     .dl
                     .info()
                     .expect("complete before a version was chosen");
-                let layout = Layout {
-                    size: info.size,
-                    piece_size: info.piece_size,
-                };
+                let layout = info.layout();
                 let pieces = layout.piece_count();
                 assert!(
                     (0..pieces).all(|p| self.done.contains(&p)),

@@ -10,7 +10,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use super::bitfield::Bitfield;
-use crate::storage::{Hash, Layout, PieceStore};
+use crate::storage::{Hash, PieceStore};
 use crate::wire::{
     BlockRequest, ErrorCode, FileInfo, Message, RootHash, SizeInformation, MAX_BLOCK_LEN,
     MAX_HASHES_PER_FRAME,
@@ -286,10 +286,7 @@ pub fn serve_block(
     may_wait: bool,
 ) -> Result<Served, String> {
     let view = lib.by_root(&request.root).ok_or("file no longer served")?;
-    let layout = Layout {
-        size: view.info.size,
-        piece_size: view.info.piece_size,
-    };
+    let layout = view.info.layout();
     let at = layout.piece_offset(request.piece) + u64::from(request.offset);
     let read = crate::wire::encode_block_uninit(
         out,
@@ -323,10 +320,7 @@ fn check_request(r: &BlockRequest, lib: &dyn Library) -> Result<(), (ErrorCode, 
     let view = lib
         .by_root(&r.root)
         .ok_or((ErrorCode::NotFound, "file not served here"))?;
-    let layout = Layout {
-        size: view.info.size,
-        piece_size: view.info.piece_size,
-    };
+    let layout = view.info.layout();
     let piece_len = layout.piece_len(r.piece);
     let end = r.offset.checked_add(r.len);
     if piece_len == 0 || r.len == 0 || r.len > MAX_BLOCK_LEN || end.is_none_or(|e| e > piece_len) {

@@ -4,6 +4,7 @@ use std::fmt;
 use std::net::SocketAddr;
 
 use super::{frame::kind, WireError, MAX_PIECE_SIZE, MIN_PIECE_SIZE};
+use crate::layout::Layout;
 
 /// BLAKE3 root hash naming one version of a file: the hash of its layout and piece hashes.
 pub type RootHash = [u8; 32];
@@ -247,13 +248,22 @@ impl FileInfo {
         }
     }
 
+    /// The file's geometry, for the piece math (offsets, lengths, the root hash).
+    pub fn layout(&self) -> Layout {
+        Layout {
+            size: self.size,
+            piece_size: self.piece_size,
+        }
+    }
+
     /// Checks the layout rule: piece size in `MIN_PIECE_SIZE..=MAX_PIECE_SIZE`, at most `u32::MAX` pieces.
     pub fn check(&self) -> Result<(), WireError> {
         if !(MIN_PIECE_SIZE..=MAX_PIECE_SIZE).contains(&self.piece_size) {
             return Err(WireError::BadField("piece size out of range"));
         }
-        // Piece indices are u32 everywhere on the wire.
-        if self.piece_count() > u64::from(u32::MAX) {
+        // Piece indices are u32 everywhere on the wire; with the piece size non-zero
+        // here, this is all `is_valid` still asks.
+        if !self.layout().is_valid() {
             return Err(WireError::BadField("more than u32::MAX pieces"));
         }
         Ok(())

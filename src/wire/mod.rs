@@ -1,7 +1,8 @@
 //! Bytes ⇄ messages: the frame header, CRC32, every message, an incremental decoder.
 //!
-//! This module uses nothing else of the crate but the leaf [`crate::names`] (the name
-//! rule it shares with `storage`); otherwise only `std`, `byteorder`, `crc32fast`.
+//! This module uses nothing else of the crate but the leaves [`crate::names`] (the name
+//! rule it shares with `storage`) and [`crate::layout`] (a file's geometry, likewise);
+//! otherwise only `std`, `byteorder`, `crc32fast`.
 //!
 //! # Contract
 //!

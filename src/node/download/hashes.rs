@@ -19,7 +19,7 @@ impl<S: PartStore> Download<S> {
         else {
             return;
         };
-        let pieces = layout_of(fetch.info).piece_count();
+        let pieces = fetch.info.layout().piece_count();
         if fetch.hashes.len() != pieces as usize {
             fetch.hashes = vec![[0; 32]; pieces as usize];
             fetch.got = vec![false; pieces as usize];
@@ -103,7 +103,7 @@ impl<S: PartStore> Download<S> {
         if !fetch.got.iter().all(|&got| got) {
             return;
         }
-        if storage::root_hash(layout_of(info), &fetch.hashes) != info.root {
+        if storage::root_hash(info.layout(), &fetch.hashes) != info.root {
             fetch.got.iter_mut().for_each(|g| *g = false);
             self.ban(
                 now,

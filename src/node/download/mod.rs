@@ -389,7 +389,7 @@ impl<S: PartStore> Download<S> {
         let total = info.map_or(0, |i| i.size);
         let done = match (self.state.have(), info) {
             (Some(have), Some(info)) => {
-                let layout = layout_of(info);
+                let layout = info.layout();
                 have.iter_ones()
                     .map(|p| u64::from(layout.piece_len(p)))
                     .sum()
@@ -449,7 +449,7 @@ impl<S: PartStore> Download<S> {
             State::Store { info, hashes } => (*info, std::mem::take(hashes)),
             _ => return,
         };
-        let pieces = layout_of(info).piece_count();
+        let pieces = info.layout().piece_count();
         let mut picker = Picker::new(Bitfield::new(pieces), self.shuffle_seed());
         for peer in self.peers.values().filter(|p| p.phase == PeerPhase::Ready) {
             picker.add_owner(&peer.has);
@@ -510,14 +510,7 @@ impl<S: PartStore> Download<S> {
 /// An empty file has no pieces to check later, so its root is checked now: an owner
 /// claiming size 0 under any other root is lying and is ignored.
 fn empty_root_holds(info: &FileInfo) -> bool {
-    info.size != 0 || info.root == storage::root_hash(layout_of(*info), &[])
-}
-
-fn layout_of(info: FileInfo) -> Layout {
-    Layout {
-        size: info.size,
-        piece_size: info.piece_size,
-    }
+    info.size != 0 || info.root == storage::root_hash(info.layout(), &[])
 }
 
 /// Block requests covering `piece`: one per `MAX_BLOCK_LEN`.

@@ -189,7 +189,7 @@ impl<S: PartStore> Download<S> {
             self.lose_peer(now, slot, Some("answered with another file's layout"), io);
             return;
         }
-        let pieces = layout_of(expected).piece_count();
+        let pieces = expected.layout().piece_count();
         let Some(has) = Bitfield::from_wire(have, pieces) else {
             self.lose_peer(now, slot, Some("sent a malformed piece bitfield"), io);
             return;

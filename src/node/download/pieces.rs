@@ -13,7 +13,7 @@ impl<S: PartStore> Download<S> {
             return;
         };
         let fetch = &mut verify.fetch;
-        let layout = layout_of(fetch.info);
+        let layout = fetch.info.layout();
         let pieces = layout.piece_count();
         let mut budget = self.config.verify_step_bytes;
         while verify.next < pieces && budget > 0 {
@@ -90,7 +90,7 @@ impl<S: PartStore> Download<S> {
         let Some(info) = self.state.info() else {
             return;
         };
-        let layout = layout_of(info);
+        let layout = info.layout();
         let Some(peer) = self.peers.get_mut(&slot) else {
             return;
         };
@@ -213,7 +213,7 @@ impl<S: PartStore> Download<S> {
         let Some(info) = self.state.info() else {
             return;
         };
-        if request.offset != 0 || request.len != layout_of(info).piece_len(piece.0) {
+        if request.offset != 0 || request.len != info.layout().piece_len(piece.0) {
             // Only whole pieces are turned down: one block of a bigger piece is not
             // something to fetch elsewhere, so that owner keeps it.
             return;
@@ -317,7 +317,7 @@ impl<S: PartStore> Download<S> {
         picker.release(piece);
         fetch.asked_at.remove(&piece);
         if let Some(peer) = self.peers.get_mut(&slot) {
-            let bytes = u64::from(layout_of(fetch.info).piece_len(piece.0));
+            let bytes = u64::from(fetch.info.layout().piece_len(piece.0));
             peer.delivered += bytes;
             *self.sources.entry(peer.name.clone()).or_default() += bytes;
         }
@@ -374,7 +374,7 @@ impl<S: PartStore> Download<S> {
             .filter(|(_, p)| p.phase == PeerPhase::Ready)
             .map(|(&slot, _)| slot)
             .partition(|slot| self.peers[slot].has.is_full());
-        let layout = layout_of(info);
+        let layout = info.layout();
         for slot in partial {
             self.fill_one(now, slot, layout, info.root, io);
             self.steal_from_complete(now, slot, layout, info.root, io);

@@ -165,7 +165,7 @@ fn run_with(
         while let Some(notice) = dl.poll_notice() {
             match notice {
                 Notice::NeedStore { info } => {
-                    let claimed = vec![false; layout_of(info).piece_count() as usize];
+                    let claimed = vec![false; info.layout().piece_count() as usize];
                     dl.attach_store(now, MemStore::new(info.size), &claimed, &mut io);
                 }
                 Notice::Complete => {
@@ -279,7 +279,7 @@ fn answer(
     };
     let real = info_of(&o.file);
     let hashes: Vec<Hash> = o.file.chunks(PIECE as usize).map(hash_piece).collect();
-    let pieces = layout_of(o.info).piece_count();
+    let pieces = o.info.layout().piece_count();
     let mut reply = |delay: Duration, msg: &Message<'_>| {
         let mut out = Vec::new();
         encode(msg, &mut out).expect("model frames encode");
@@ -657,7 +657,7 @@ fn seed_and_partial(
             .expect("both owners are connected")
     };
     let (seed_slot, peer_slot) = (slot_of(seed.addr), slot_of(peer.addr));
-    let pieces = layout_of(info).piece_count();
+    let pieces = info.layout().piece_count();
     let mut partial = Bitfield::new(pieces);
     for &p in peer_has {
         partial.set(p);

@@ -344,7 +344,7 @@ impl Node {
                 && r.offset == 0
                 && lib
                     .by_root(&r.root)
-                    .is_some_and(|v| layout_of_view(&v).piece_len(r.piece) == r.len)
+                    .is_some_and(|v| v.info.layout().piece_len(r.piece) == r.len)
         };
         for step in 0..turns {
             let conn = serving[(start + step) % serving.len()];
@@ -382,7 +382,7 @@ impl Node {
                         bucket.take(now, u64::from(sent));
                     }
                     if let Some(view) = lib.by_root(&request.root) {
-                        let pieces = layout_of_view(&view).piece_count();
+                        let pieces = view.info.layout().piece_count();
                         self.uploads.record(&request.root, request.piece, pieces);
                     }
                     return true;
@@ -393,7 +393,7 @@ impl Node {
                         may_wait = true;
                         continue;
                     };
-                    let layout = layout_of_view(&shared_view(s));
+                    let layout = s.info.layout();
                     let at = layout.piece_offset(request.piece) + u64::from(request.offset);
                     let key = conn.0 as u64;
                     if !io.disk_warm(&s.store, at, u64::from(request.len), key) {
@@ -498,13 +498,6 @@ fn scan_uploads(io: &dyn NodeIo, conns: &mut BTreeMap<ConnId, Role>, now: Instan
         }
     }
     scan
-}
-
-fn layout_of_view(view: &FileView<'_>) -> Layout {
-    Layout {
-        size: view.info.size,
-        piece_size: view.info.piece_size,
-    }
 }
 
 fn changed_on_disk(dir: &std::path::Path, s: &Shared) -> Option<String> {

@@ -190,11 +190,7 @@ impl Node {
     }
 
     pub(super) fn attach_store(&mut self, io: &mut dyn NodeIo, file: &str, info: FileInfo) {
-        let layout = Layout {
-            size: info.size,
-            piece_size: info.piece_size,
-        };
-        let mut opened = self.folder.begin_download(file, layout, &info.root);
+        let mut opened = self.folder.begin_download(file, info.layout(), &info.root);
         if let Ok(partial) = opened.as_mut() {
             io.disk_writeback(partial);
         }
