@@ -164,7 +164,8 @@ fn crowd(title: &str, downloaders: usize, file_len: usize, piece_size: u32, vari
             );
             let queued: Vec<usize> = swarm.nodes.iter().map(|n| n.queued_requests()).collect();
             eprintln!(
-                "        requests queued: at the owner {}, at downloaders {} (most at one {})",
+                "        owner sent {} distinct pieces; requests queued: at the owner {}, at downloaders {} (most at one {})",
+                swarm.nodes[0].distinct_pieces_sent(),
                 queued[0],
                 queued[1..].iter().sum::<usize>(),
                 queued[1..].iter().max().copied().unwrap_or(0)

@@ -65,8 +65,10 @@ pub struct Peer {
     refused: Vec<(PieceIndex, Instant)>,
 }
 
-/// How long a piece an owner turned down is asked of others only.
-pub const REFUSED_FOR: Duration = Duration::from_secs(1);
+/// How long a piece an owner turned down is asked of others only: long enough to try the
+/// other holders first, short enough that a busy holder is asked again once it may have
+/// room (1 s left pieces unasked while their holders idled, in the swarm simulation).
+pub const REFUSED_FOR: Duration = Duration::from_millis(100);
 /// Most turned-down pieces remembered per owner (the oldest are forgotten first).
 const MAX_REFUSED: usize = 256;
 

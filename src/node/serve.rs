@@ -232,6 +232,40 @@ impl ServeConn {
         turned
     }
 
+    /// Bytes of the blocks waiting to be served.
+    pub fn queued_bytes(&self) -> u64 {
+        self.queue.iter().map(|(r, _)| u64::from(r.len)).sum()
+    }
+
+    /// Turns down, with a `Cancel` of each, the newest waiting requests that `elsewhere`
+    /// says the peer can get from others, until `bytes` of them are or `depth` requests
+    /// from the back were looked at; returns the bytes turned down. The newest would wait
+    /// longest here: a node that has more asked of it than it can send soon sends the rest
+    /// back to be asked of idle holders.
+    pub fn turn_down_newest(
+        &mut self,
+        bytes: u64,
+        depth: usize,
+        elsewhere: impl Fn(&BlockRequest) -> bool,
+        out: &mut Vec<u8>,
+    ) -> u64 {
+        let mut turned = 0;
+        let mut index = self.queue.len();
+        let stop = self.queue.len().saturating_sub(depth);
+        while turned < bytes && index > stop {
+            index -= 1;
+            let Some(&(r, _)) = self.queue.get(index) else {
+                break;
+            };
+            if elsewhere(&r) {
+                self.queue.remove(index);
+                send(out, &Message::Cancel(r));
+                turned += u64::from(r.len);
+            }
+        }
+        turned
+    }
+
     /// Queues `request` as if it had arrived (unit tests of the upload pick).
     #[cfg(test)]
     pub(crate) fn queue_for_test(&mut self, request: BlockRequest) {

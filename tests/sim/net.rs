@@ -410,6 +410,7 @@ impl Outbox for Io<'_> {
 }
 
 /// What an endpoint's uplink is doing at one instant (the tables' trace).
+#[allow(dead_code)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Uplink {
     /// Sending a chunk.
@@ -420,6 +421,7 @@ pub enum Uplink {
     Empty,
 }
 
+#[allow(dead_code)]
 impl Net {
     /// What `ep`'s uplink is doing now.
     pub fn uplink(&self, ep: usize) -> Uplink {

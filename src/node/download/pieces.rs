@@ -375,30 +375,45 @@ impl<S: PartStore> Download<S> {
             .map(|(&slot, _)| slot)
             .partition(|slot| self.peers[slot].has.is_full());
         let layout = info.layout();
-        for slot in partial {
-            self.fill_one(now, slot, layout, info.root, io);
+        // One piece per partial owner per round, the least loaded first, so a crowd's
+        // requests spread over every holder instead of filling the first few windows.
+        let mut partial = partial;
+        partial.sort_by_key(|slot| self.peers[slot].outstanding_bytes);
+        for _ in 0..=layout.piece_count() {
+            let mut asked = false;
+            for &slot in &partial {
+                asked |= self.fill_one(now, slot, layout, info.root, 1, io);
+            }
+            if !asked {
+                break;
+            }
+        }
+        for &slot in &partial {
             self.steal_from_complete(now, slot, layout, info.root, io);
         }
         for slot in complete {
-            self.fill_one(now, slot, layout, info.root, io);
+            self.fill_one(now, slot, layout, info.root, usize::MAX, io);
         }
     }
 
-    /// Tops up one owner's pipeline from the picker.
+    /// Tops up one owner's pipeline from the picker, with at most `pieces` pieces; true if
+    /// it asked for any.
     fn fill_one(
         &mut self,
         now: Instant,
         slot: SlotId,
         layout: Layout,
         root: RootHash,
+        pieces: usize,
         io: &mut dyn PeerIo,
-    ) {
+    ) -> bool {
         let (State::Pieces(fetch), Some(peer)) = (&mut self.state, self.peers.get_mut(&slot))
         else {
-            return;
+            return false;
         };
         let picker = &mut fetch.picker;
-        while peer.outstanding_bytes < peer.window() {
+        let mut asked = 0;
+        while peer.outstanding_bytes < peer.window() && asked < pieces {
             let piece = match picker.pick_where(&peer.has, |p| peer.refuses(p, now)) {
                 Some(piece) => {
                     fetch.asked_at.insert(piece, now);
@@ -431,7 +446,9 @@ impl<S: PartStore> Download<S> {
                 peer.outstanding_bytes += u64::from(block.len);
                 peer.requests.push_back(block);
             }
+            asked += 1;
         }
+        asked > 0
     }
 
     /// A partial owner at `slot` with room takes over single-block pieces it holds that are

@@ -20,6 +20,7 @@ mod effects;
 mod sharing;
 mod tracker_link;
 mod transfers;
+mod turndown;
 mod uploads;
 
 pub use effects::NodeIo;
@@ -224,6 +225,12 @@ impl Node {
                 _ => 0,
             })
             .sum()
+    }
+
+    /// Pieces this node has uploaded at least once, over every version it serves (for
+    /// status and simulations: an original owner should hand out each before repeating).
+    pub fn distinct_pieces_sent(&self) -> usize {
+        self.uploads.distinct_sent()
     }
 
     /// How many downloads completed and failed so far.

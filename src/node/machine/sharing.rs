@@ -1,8 +1,7 @@
 //! Sharing: hashing files to publish, answering downloaders, pacing uploads.
 
-use super::uploads::{SERVE_BUDGET, SLOW_READER, SWEEP_CONNS, SWEEP_DEPTH, TURN_DOWN_AFTER};
+use super::uploads::{SERVE_BUDGET, SLOW_READER};
 use super::*;
-use crate::wire::BlockRequest;
 
 /// What this node serves, borrowed apart from the connection table.
 pub(super) struct Lib<'a> {
@@ -260,7 +259,7 @@ impl Node {
     /// Sends queued blocks, node-wide, while the upload budget and the rate allow: the
     /// least-sent piece first (see [`uploads`](super::uploads)).
     pub(super) fn serve_blocks(&mut self, io: &mut dyn NodeIo) {
-        self.turn_down_stale(io);
+        self.turn_down_waiting(io);
         let UploadScan {
             mut pending,
             mut ready,
@@ -295,68 +294,6 @@ impl Node {
         }
     }
 
-    /// Turns down requests for whole pieces this node has sent before that waited longer
-    /// than [`TURN_DOWN_AFTER`] while other downloaders wait on it too: others were sent
-    /// those pieces, so they are likely held elsewhere now (see
-    /// `ServeConn::turn_down_stale`). Pieces it never sent, it alone may have: those wait
-    /// their turn.
-    fn turn_down_stale(&mut self, io: &mut dyn NodeIo) {
-        if self.uploads.next_sweep.is_some_and(|t| self.now < t) {
-            return;
-        }
-        self.uploads.next_sweep = Some(self.now + TURN_DOWN_AFTER / 4);
-        let Some(before) = self.now.checked_sub(TURN_DOWN_AFTER) else {
-            return;
-        };
-        // Only where others wait too: a lone downloader's requests queue behind its own,
-        // and turning them down would only leave this node idle.
-        let now = self.now;
-        let asking = self
-            .conns
-            .values()
-            .filter(|role| {
-                matches!(role, Role::Serve(s, _) if s.queued() > 0 && s.is_moving(now, SLOW_READER))
-            })
-            .count();
-        if asking < 2 {
-            return;
-        }
-        // Bounded per sweep: the front of each queue, and so many queues, taking turns.
-        let serving: Vec<ConnId> = self
-            .conns
-            .iter()
-            .filter(|(_, role)| matches!(role, Role::Serve(s, _) if s.queued() > 0))
-            .map(|(&conn, _)| conn)
-            .collect();
-        if serving.is_empty() {
-            return;
-        }
-        let start = self.uploads.sweep_cursor % serving.len();
-        let turns = serving.len().min(SWEEP_CONNS);
-        self.uploads.sweep_cursor = start + turns;
-        let lib = Lib {
-            shared: &self.shared,
-            downloads: &self.downloads,
-        };
-        let uploads = &self.uploads;
-        let elsewhere = |r: &BlockRequest| {
-            uploads.times_sent(&r.root, r.piece) > 0
-                && r.offset == 0
-                && lib
-                    .by_root(&r.root)
-                    .is_some_and(|v| v.info.layout().piece_len(r.piece) == r.len)
-        };
-        for step in 0..turns {
-            let conn = serving[(start + step) % serving.len()];
-            let Some(Role::Serve(serve, _)) = self.conns.get_mut(&conn) else {
-                continue;
-            };
-            if let Some(out) = io.out_buf(conn) {
-                serve.turn_down_stale(before, SWEEP_DEPTH, elsewhere, out);
-            }
-        }
-    }
-
     /// Serves the request at `index` of `conn`'s queue; false if the connection now waits
     /// for the disk or was closed.
     fn serve_queued(&mut self, io: &mut dyn NodeIo, conn: ConnId, index: usize) -> bool {
@@ -385,6 +322,7 @@ impl Node {
                         let pieces = view.info.layout().piece_count();
                         self.uploads.record(&request.root, request.piece, pieces);
                     }
+                    self.uploads.note_sent(now, u64::from(sent));
                     return true;
                 }
                 Ok(Served::NotCached) => {

@@ -34,15 +34,8 @@ pub(super) const SERVE_BUDGET: usize = 256 << 10;
 /// a slow link, or one that never reads), and the others are served meanwhile. It gets no
 /// more blocks until that backlog is gone, so it cannot pile replies up either.
 pub(super) const SLOW_READER: Duration = Duration::from_secs(1);
-/// A request for a whole piece this node has sent before, waiting longer than this, is
-/// turned down (`Cancel` back to the downloader): three 256 KiB blocks' time at 8 MiB/s,
-/// tuned in the swarm simulation (50 and 200 ms did worse).
-pub(super) const TURN_DOWN_AFTER: Duration = Duration::from_millis(100);
-/// Requests looked at from the front of one queue per sweep for turning down.
-pub(super) const SWEEP_DEPTH: usize = 64;
-/// Queues looked at per sweep (they take turns), so a sweep costs at most
-/// `SWEEP_DEPTH × SWEEP_CONNS` whatever thousands of peers queue.
-pub(super) const SWEEP_CONNS: usize = 256;
+/// How often the upload rate estimate takes a sample.
+const RATE_SAMPLE: Duration = Duration::from_millis(100);
 /// Queued requests of one connection looked at per pick (a downloader asks in its own
 /// rarest-first order, so its next few are where its choices are).
 const PICK_DEPTH: usize = 16;
@@ -61,6 +54,10 @@ pub(super) struct Uploads {
     pub(super) next_sweep: Option<Instant>,
     /// Which queue the next sweep starts at.
     pub(super) sweep_cursor: usize,
+    /// Block bytes sent per second, a moving average over [`RATE_SAMPLE`] samples.
+    rate: f64,
+    /// Bytes sent since the sample that began then.
+    sample: (u64, Option<Instant>),
 }
 
 impl Uploads {
@@ -82,6 +79,38 @@ impl Uploads {
         if let Some(n) = counts.get_mut(piece as usize) {
             *n = n.saturating_add(1);
         }
+    }
+
+    /// Notes `bytes` of blocks sent now, for [`Uploads::rate`].
+    pub(super) fn note_sent(&mut self, now: Instant, bytes: u64) {
+        let (sent, since) = &mut self.sample;
+        *sent += bytes;
+        let began = *since.get_or_insert(now);
+        let spent = now.saturating_duration_since(began);
+        if spent >= RATE_SAMPLE {
+            let sampled = *sent as f64 / spent.as_secs_f64();
+            // Idle gaps longer than a sample count as one sample: only the pace while
+            // sending matters here.
+            self.rate = if self.rate == 0.0 {
+                sampled
+            } else {
+                (self.rate + sampled) / 2.0
+            };
+            self.sample = (0, Some(now));
+        }
+    }
+
+    /// Block bytes this node has been sending per second (0 until it has sent for a while).
+    pub(super) fn rate(&self) -> f64 {
+        self.rate
+    }
+
+    /// Pieces sent at least once, over every version (for status and simulations).
+    pub(super) fn distinct_sent(&self) -> usize {
+        self.sent
+            .values()
+            .map(|counts| counts.iter().filter(|&&n| n > 0).count())
+            .sum()
     }
 
     /// Forgets versions no longer served (their counts would only take memory).
