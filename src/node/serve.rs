@@ -411,6 +411,46 @@ mod tests {
     }
 
     #[test]
+    fn the_newest_requests_beyond_what_is_kept_are_sent_back_and_the_unique_stay() {
+        let mut conn = ServeConn::new();
+        let req = |piece| BlockRequest {
+            root: [7; 32],
+            piece,
+            offset: 0,
+            len: 1000,
+        };
+        let t0 = Instant::now();
+        for piece in 1..=4 {
+            conn.queue.push_back((req(piece), t0));
+        }
+        assert_eq!(conn.queued_bytes(), 4000);
+        let mut out = Vec::new();
+        // Two blocks' worth must go; piece 3 it alone may have.
+        let turned = conn.turn_down_newest(2000, 64, |r| r.piece != 3, &mut out);
+        assert_eq!(turned, 2000);
+        let left: Vec<u32> = conn.queued_front(8).map(|r| r.piece).collect();
+        assert_eq!(left, [1, 3], "the oldest and the unique stay, in order");
+        assert_eq!(conn.queued_bytes(), 2000);
+        let mut cancelled = Vec::new();
+        let mut at = 0;
+        while at < out.len() {
+            match crate::wire::decode_frame(&out[at..], &crate::wire::Limits::default()) {
+                Ok(crate::wire::Decoded::Frame(Message::Cancel(r), len)) => {
+                    cancelled.push(r.piece);
+                    at += len;
+                }
+                other => panic!("expected Cancels, got {other:?}"),
+            }
+        }
+        assert_eq!(cancelled, [4, 2], "newest first");
+        // Only `depth` requests from the back are looked at: the front is never reached.
+        let turned = conn.turn_down_newest(u64::MAX, 1, |_| true, &mut out);
+        assert_eq!(turned, 1000);
+        let left: Vec<u32> = conn.queued_front(8).map(|r| r.piece).collect();
+        assert_eq!(left, [1]);
+    }
+
+    #[test]
     fn requests_waiting_too_long_for_pieces_held_elsewhere_are_sent_back() {
         let mut conn = ServeConn::new();
         let req = |piece| BlockRequest {

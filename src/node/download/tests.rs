@@ -635,17 +635,30 @@ fn seed_and_partial(
     data: &[u8],
     peer_has: &[u32],
 ) -> (SlotId, SlotId) {
+    let (seed, peers) = seed_and_partials(dl, io, data, &[peer_has]);
+    (seed, peers[0])
+}
+
+/// As [`seed_and_partial`], with a partial owner for each entry of `peers_have`.
+fn seed_and_partials(
+    dl: &mut Download<MemStore>,
+    io: &mut Io,
+    data: &[u8],
+    peers_have: &[&[u32]],
+) -> (SlotId, Vec<SlotId>) {
     let now = Instant::now();
     let info = info_of(data);
     let seed = owner(1, info, data, Acts::Honest);
-    let peer = owner(2, info, data, Acts::Honest);
-    let listed: Vec<Owner<'_>> = [(&seed, true), (&peer, false)]
-        .iter()
+    let peers: Vec<Owner_> = (0..peers_have.len())
+        .map(|i| owner(2 + i as u16, info, data, Acts::Honest))
+        .collect();
+    let listed: Vec<Owner<'_>> = std::iter::once((&seed, true))
+        .chain(peers.iter().map(|p| (p, false)))
         .map(|(o, complete)| Owner {
             node_name: &o.name,
             addr: o.addr,
             info: o.info,
-            complete: *complete,
+            complete,
         })
         .collect();
     dl.handle_owners(now, &listed, io);
@@ -654,15 +667,20 @@ fn seed_and_partial(
             .iter()
             .find(|(_, a)| *a == addr)
             .map(|(s, _)| *s)
-            .expect("both owners are connected")
+            .expect("every owner is connected")
     };
-    let (seed_slot, peer_slot) = (slot_of(seed.addr), slot_of(peer.addr));
+    let seed_slot = slot_of(seed.addr);
+    let peer_slots: Vec<SlotId> = peers.iter().map(|p| slot_of(p.addr)).collect();
     let pieces = info.layout().piece_count();
-    let mut partial = Bitfield::new(pieces);
-    for &p in peer_has {
-        partial.set(p);
+    let mut answers = vec![(seed_slot, Bitfield::full(pieces))];
+    for (&slot, have) in peer_slots.iter().zip(peers_have) {
+        let mut partial = Bitfield::new(pieces);
+        for &p in *have {
+            partial.set(p);
+        }
+        answers.push((slot, partial));
     }
-    for (slot, has) in [(seed_slot, Bitfield::full(pieces)), (peer_slot, partial)] {
+    for (slot, has) in answers {
         dl.handle_connected(now, slot, io);
         let answer = Message::SizeInformation(SizeInformation::Answer {
             name: "f",
@@ -695,7 +713,7 @@ fn seed_and_partial(
         &vec![false; pieces as usize],
         io,
     );
-    (seed_slot, peer_slot)
+    (seed_slot, peer_slots)
 }
 
 #[test]
@@ -767,6 +785,24 @@ fn the_seed_is_asked_only_for_pieces_no_partial_owner_holds() {
     // Both have room for the whole file; the crowd's pieces come from the crowd.
     assert_eq!(requested_pieces(&mut io, peer), [0, 2, 4, 6]);
     assert_eq!(requested_pieces(&mut io, seed), [1, 3, 5, 7]);
+}
+
+#[test]
+fn requests_spread_over_the_partial_owners_instead_of_filling_the_first_one() {
+    let data = file(8 * PIECE as usize, 6);
+    let mut dl = download();
+    let mut io = Io::default();
+    let both: &[u32] = &[0, 1, 2, 3, 4, 5];
+    let (seed, peers) = seed_and_partials(&mut dl, &mut io, &data, &[both, both]);
+    let first = requested_pieces(&mut io, peers[0]);
+    let second = requested_pieces(&mut io, peers[1]);
+    // Either window holds all six pieces; a crowd that fills the first holder's window
+    // queues there while the second idles.
+    assert_eq!((first.len(), second.len()), (3, 3), "{first:?} {second:?}");
+    let mut all: Vec<u32> = first.iter().chain(&second).copied().collect();
+    all.sort();
+    assert_eq!(all, both, "each piece asked of one holder");
+    assert_eq!(requested_pieces(&mut io, seed), [6, 7]);
 }
 
 #[test]

@@ -210,4 +210,28 @@ mod tests {
         up.retain(|root| *root != [1; 32]);
         assert_eq!(up.times_sent(&[1; 32], 3), 0);
     }
+
+    #[test]
+    fn the_upload_rate_is_the_pace_of_sending_sampled_every_tenth_of_a_second() {
+        let mut uploads = Uploads::default();
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        uploads.note_sent(t0, 100_000);
+        assert_eq!(uploads.rate(), 0.0, "no sample yet");
+        uploads.note_sent(t0 + ms(50), 100_000);
+        uploads.note_sent(t0 + ms(100), 100_000);
+        // 300 kB over 100 ms.
+        assert!(
+            (uploads.rate() - 3_000_000.0).abs() < 1.0,
+            "{}",
+            uploads.rate()
+        );
+        // The next sample (100 kB over 100 ms) is averaged in.
+        uploads.note_sent(t0 + ms(200), 100_000);
+        assert!(
+            (uploads.rate() - 2_000_000.0).abs() < 1.0,
+            "{}",
+            uploads.rate()
+        );
+    }
 }
