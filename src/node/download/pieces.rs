@@ -377,14 +377,14 @@ impl<S: PartStore> Download<S> {
         let layout = info.layout();
         // One piece per partial owner per round, the least loaded first, so a crowd's
         // requests spread over every holder instead of filling the first few windows.
+        // A slot leaves the rounds once it takes nothing, so each costs at most one
+        // fruitless pick (a scan of the queue) per fill, as when windows were filled whole.
         let mut partial = partial;
         partial.sort_by_key(|slot| self.peers[slot].outstanding_bytes);
+        let mut open = partial.clone();
         for _ in 0..=layout.piece_count() {
-            let mut asked = false;
-            for &slot in &partial {
-                asked |= self.fill_one(now, slot, layout, info.root, 1, io);
-            }
-            if !asked {
+            open.retain(|&slot| self.fill_one(now, slot, layout, info.root, 1, io));
+            if open.is_empty() {
                 break;
             }
         }
