@@ -180,8 +180,12 @@ fn crowd(title: &str, downloaders: usize, file_len: usize, piece_size: u32, vari
                 };
                 seen[kind] += 1;
             }
+            let (missing, asked) = eps.iter().fold((0, 0), |(m, a), &ep| {
+                let (missing, asked) = swarm.nodes[ep - 1].download_demand();
+                (m + missing, a + asked)
+            });
             eprintln!(
-                "        crowd uplinks: {} busy, {} blocked, {} idle with requests queued, {} idle",
+                "        crowd uplinks: {} busy, {} blocked, {} idle with requests queued, {} idle; downloaders miss {missing} pieces and ask for {asked} blocks",
                 seen[0], seen[1], seen[2], seen[3]
             );
             traced = (swarm.net.sent[1], crowd);

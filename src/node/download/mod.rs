@@ -383,6 +383,14 @@ impl<S: PartStore> Download<S> {
         self.notices.pop_front()
     }
 
+    /// Pieces still missing and blocks asked of owners now (for status and simulations:
+    /// a download that asks for far fewer than it misses leaves holders idle).
+    pub fn demand(&self) -> (u32, usize) {
+        let missing = self.state.have().map_or(0, |h| h.len() - h.count());
+        let asked = self.peers.values().map(|p| p.requests.len()).sum();
+        (missing, asked)
+    }
+
     /// A progress snapshot.
     pub fn progress(&self) -> Progress {
         let info = self.state.info();

@@ -227,6 +227,15 @@ impl Node {
             .sum()
     }
 
+    /// Pieces its downloads still miss and blocks they have asked for, summed (see
+    /// [`Download::demand`]).
+    pub fn download_demand(&self) -> (u32, usize) {
+        self.downloads.values().fold((0, 0), |(m, a), t| {
+            let (missing, asked) = t.dl.demand();
+            (m + missing, a + asked)
+        })
+    }
+
     /// Pieces this node has uploaded at least once, over every version it serves (for
     /// status and simulations: an original owner should hand out each before repeating).
     pub fn distinct_pieces_sent(&self) -> usize {
