@@ -236,6 +236,12 @@ impl Node {
         })
     }
 
+    /// Requests this node turned down so far: (waited too long, more waiting than it sends
+    /// soon); see `turndown`.
+    pub fn turned_down(&self) -> (u64, u64) {
+        self.uploads.turned_down
+    }
+
     /// Pieces this node has uploaded at least once, over every version it serves (for
     /// status and simulations: an original owner should hand out each before repeating).
     pub fn distinct_pieces_sent(&self) -> usize {

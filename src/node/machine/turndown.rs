@@ -92,14 +92,16 @@ impl Node {
                 !v.have.is_full() || uploads.times_sent(&r.root, r.piece) > 0
             })
         };
+        let mut stale = 0;
         for conn in queues {
             let Some(Role::Serve(serve, _)) = self.conns.get_mut(conn) else {
                 continue;
             };
             if let Some(out) = io.out_buf(*conn) {
-                serve.turn_down_stale(before, SWEEP_DEPTH, elsewhere, out);
+                stale += serve.turn_down_stale(before, SWEEP_DEPTH, elsewhere, out) as u64;
             }
         }
+        self.uploads.turned_down.0 += stale;
     }
 
     /// The second rule: a partial owner sends back the newest requests beyond what it
@@ -131,6 +133,7 @@ impl Node {
                 if let Some(out) = io.out_buf(*conn) {
                     let turned = serve.turn_down_newest(1, SWEEP_DEPTH, partial, out);
                     waiting = waiting.saturating_sub(turned);
+                    self.uploads.turned_down.1 += u64::from(turned > 0);
                     turned_any |= turned > 0;
                 }
             }

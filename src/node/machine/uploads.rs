@@ -58,6 +58,8 @@ pub(super) struct Uploads {
     rate: f64,
     /// Bytes sent since the sample that began then.
     sample: (u64, Option<Instant>),
+    /// Requests turned down so far: for waiting too long, and for more waiting than sends soon.
+    pub(super) turned_down: (u64, u64),
 }
 
 impl Uploads {
