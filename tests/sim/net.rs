@@ -2,7 +2,7 @@
 //! latency, the event queue, and [`Io`], the network as one endpoint's machine sees it.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
+use std::collections::{BTreeSet, BinaryHeap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -77,7 +77,36 @@ pub(super) enum Event {
     Drain(usize, usize),
     Redeliver(usize, usize),
     UplinkFree(usize),
+    /// A receiver's downlink queue that held an endpoint back has drained enough.
+    Wake(usize),
     Disk(usize, DiskDone),
+}
+
+/// An event in the queue, ordered by time, then by when it was queued.
+pub(super) struct Queued {
+    pub(super) at: Instant,
+    seq: u64,
+    pub(super) event: Event,
+}
+
+impl PartialEq for Queued {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+
+impl Eq for Queued {}
+
+impl PartialOrd for Queued {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Queued {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.at, self.seq).cmp(&(other.at, other.seq))
+    }
 }
 
 /// Everything but the state machines: links, endpoint access, the event queue.
@@ -85,20 +114,30 @@ pub struct Net {
     pub(super) now: Instant,
     pub(super) access: Vec<Access>,
     pub(super) addrs: HashMap<SocketAddr, usize>,
+    /// Per endpoint: its own address (the tracker's for endpoint 0).
+    pub(super) addr_of: Vec<SocketAddr>,
     pub links: Vec<Link>,
-    /// Per endpoint: its connection ids → (link, end).
-    pub(super) conns: Vec<BTreeMap<ConnId, (usize, usize)>>,
+    /// Per endpoint: (link, end) of its connection id n at index n - 1 (ids count up from 1).
+    pub(super) conns: Vec<Vec<(usize, usize)>>,
     /// Per endpoint: the connections that may have output or a fin to send, so a pump
     /// looks at those and not at every connection the endpoint ever had.
     pub(super) may_send: Vec<BTreeSet<ConnId>>,
     /// Per endpoint: something reached its machine or its buffers since its timer was read.
     pub(super) timer_stale: Vec<bool>,
+    /// The endpoints whose `timer_stale` is set, so reading timers visits those alone.
+    pub(super) stale: Vec<usize>,
+    /// Per endpoint: it may be able to send now (its machine ran, its uplink freed, its
+    /// window or a receiver's queue opened), so the next pump visits it.
+    dirty: Vec<bool>,
+    /// The endpoints whose `dirty` is set.
+    dirty_list: Vec<usize>,
+    /// Per endpoint: the earliest [`Event::Wake`] queued for it and not yet fired.
+    wake_at: Vec<Option<Instant>>,
     pub(super) next_conn: Vec<usize>,
     pub(super) uplink_busy: Vec<bool>,
     pub(super) down_free: Vec<Instant>,
     pub(super) cursor: Vec<usize>,
-    pub(super) queue: BinaryHeap<Reverse<(Instant, u64)>>,
-    pub(super) events: HashMap<u64, Event>,
+    pub(super) queue: BinaryHeap<Reverse<Queued>>,
     pub(super) seq: u64,
     /// Lines each endpoint said (result lines and failure lines).
     pub said: Vec<Vec<String>>,
@@ -112,21 +151,60 @@ pub struct Net {
 }
 
 impl Net {
+    /// A network of `access.len()` endpoints at `addr_of`, none connected yet.
+    pub(super) fn new(now: Instant, access: Vec<Access>, addr_of: Vec<SocketAddr>) -> Net {
+        let count = access.len();
+        Net {
+            now,
+            access,
+            addrs: addr_of.iter().enumerate().map(|(ep, &a)| (a, ep)).collect(),
+            addr_of,
+            links: Vec::new(),
+            conns: vec![Vec::new(); count],
+            may_send: vec![BTreeSet::new(); count],
+            timer_stale: vec![true; count],
+            stale: (0..count).collect(),
+            dirty: vec![false; count],
+            dirty_list: Vec::new(),
+            wake_at: vec![None; count],
+            next_conn: vec![0; count],
+            uplink_busy: vec![false; count],
+            down_free: vec![now; count],
+            cursor: vec![0; count],
+            queue: BinaryHeap::new(),
+            seq: 0,
+            said: vec![Vec::new(); count],
+            sent: vec![0; count],
+            connects_to: vec![0; count],
+            done_at: vec![None; count],
+            stopped: vec![false; count],
+        }
+    }
+
     pub(super) fn at(&mut self, t: Instant, event: Event) {
         self.seq += 1;
-        self.queue.push(Reverse((t, self.seq)));
-        self.events.insert(self.seq, event);
+        self.queue.push(Reverse(Queued {
+            at: t,
+            seq: self.seq,
+            event,
+        }));
+    }
+
+    /// The (link, end) of `ep`'s connection `conn`.
+    pub(super) fn slot(&self, ep: usize, conn: ConnId) -> Option<(usize, usize)> {
+        self.conns[ep].get(conn.0.checked_sub(1)?).copied()
     }
 
     pub(super) fn end(&mut self, ep: usize, conn: ConnId) -> Option<&mut End> {
-        let &(link, side) = self.conns[ep].get(&conn)?;
+        let (link, side) = self.slot(ep, conn)?;
         Some(&mut self.links[link].ends[side])
     }
 
     pub(super) fn new_conn(&mut self, ep: usize, link: usize, side: usize) -> ConnId {
         self.next_conn[ep] += 1;
         let conn = ConnId(self.next_conn[ep]);
-        self.conns[ep].insert(conn, (link, side));
+        self.conns[ep].push((link, side));
+        debug_assert_eq!(self.conns[ep].len(), conn.0);
         self.links[link].ends[side].conn = Some(conn);
         conn
     }
@@ -135,38 +213,94 @@ impl Net {
         self.access[a].latency + self.access[b].latency
     }
 
-    /// Starts `ep`'s uplink on its next connection with output, if it is idle.
-    pub(super) fn pump(&mut self, ep: usize) {
+    /// `ep`'s timer may have moved: read it again before the next step.
+    pub(super) fn stale(&mut self, ep: usize) {
+        if !self.timer_stale[ep] {
+            self.timer_stale[ep] = true;
+            self.stale.push(ep);
+        }
+    }
+
+    /// `ep` may be able to send: pump it after this step.
+    pub(super) fn wake(&mut self, ep: usize) {
+        if !self.dirty[ep] {
+            self.dirty[ep] = true;
+            self.dirty_list.push(ep);
+        }
+    }
+
+    /// A queued [`Event::Wake`] for `ep` fired.
+    pub(super) fn woken(&mut self, ep: usize) {
+        if self.wake_at[ep] == Some(self.now) {
+            self.wake_at[ep] = None;
+        }
+        self.wake(ep);
+    }
+
+    /// Pumps every endpoint that may be able to send, in ascending order, as a pump of all
+    /// of them would (the others would do nothing).
+    pub(super) fn pump_dirty(&mut self) {
+        let mut eps = std::mem::take(&mut self.dirty_list);
+        eps.sort_unstable();
+        for &ep in &eps {
+            self.dirty[ep] = false;
+            // A pump that sent only a fin leaves the uplink idle: go on at once.
+            while self.pump(ep) {}
+        }
+        eps.clear();
+        // Pumping wakes nobody, so the list is still empty: keep its allocation.
+        if self.dirty_list.is_empty() {
+            self.dirty_list = eps;
+        }
+    }
+
+    /// Starts `ep`'s uplink on its next connection with output, if it is idle. True when it
+    /// sent a fin alone and its uplink is still idle.
+    fn pump(&mut self, ep: usize) -> bool {
         if self.uplink_busy[ep] {
-            return;
+            return false;
         }
         let mut ready = Vec::new();
         let mut idle = Vec::new();
+        let mut wake: Option<Instant> = None;
         for &conn in &self.may_send[ep] {
-            let Some(&(link, side)) = self.conns[ep].get(&conn) else {
+            let Some((link, side)) = self.slot(ep, conn) else {
                 idle.push(conn);
                 continue;
             };
             let end = &self.links[link].ends[side];
-            let receiver = self.links[link].ends[1 - side].ep;
-            // The receiver's downlink queue as a chunk sent now would find it on arrival.
-            let arrives = self.now + self.rtt_half(ep, receiver);
-            let queued = self.down_free[receiver].saturating_duration_since(arrives);
-            if end.in_flight >= WINDOW || queued > DOWNLINK_QUEUE {
-                // Stays in `may_send`: the window opens as its bytes arrive.
+            if end.out.is_empty() && !(end.closing && !self.links[link].fin_sent[side]) {
+                idle.push(conn);
                 continue;
             }
-            if !end.out.is_empty() || (end.closing && !self.links[link].fin_sent[side]) {
-                ready.push((link, side));
-            } else {
-                idle.push(conn);
+            if end.in_flight >= WINDOW {
+                // Stays in `may_send`: the window opens as its bytes arrive (`Data`).
+                continue;
             }
+            let receiver = self.links[link].ends[1 - side].ep;
+            // The receiver's downlink queue as a chunk sent now would find it on arrival.
+            let half = self.rtt_half(ep, receiver);
+            let arrives = self.now + half;
+            let queued = self.down_free[receiver].saturating_duration_since(arrives);
+            if queued > DOWNLINK_QUEUE {
+                // From then on a chunk sent finds no more than the queue allows.
+                let opens = self.down_free[receiver] - half - DOWNLINK_QUEUE;
+                wake = Some(wake.map_or(opens, |w| w.min(opens)));
+                continue;
+            }
+            ready.push((link, side));
         }
         for conn in idle {
             self.may_send[ep].remove(&conn);
         }
         if ready.is_empty() {
-            return;
+            if let Some(t) = wake {
+                if self.wake_at[ep].is_none_or(|w| w > t) {
+                    self.wake_at[ep] = Some(t);
+                    self.at(t, Event::Wake(ep));
+                }
+            }
+            return false;
         }
         self.cursor[ep] = (self.cursor[ep] + 1) % ready.len();
         let (link, side) = ready[self.cursor[ep]];
@@ -175,7 +309,10 @@ impl Net {
         let before = end.out.len();
         let take = before.min(CHUNK).min(WINDOW - end.in_flight);
         end.in_flight += take;
-        let chunk: Vec<u8> = end.out.drain(..take).collect();
+        let chunk: Vec<u8> = match take == before {
+            true => std::mem::take(&mut end.out),
+            false => end.out.drain(..take).collect(),
+        };
         let after = end.out.len();
         if after == 0 && end.closing {
             end.out = Vec::new();
@@ -190,7 +327,7 @@ impl Net {
         let deliver = towards.last_arrival.map_or(done, |t| t.max(done));
         towards.last_arrival = Some(deliver);
         if take > 0 {
-            self.timer_stale[ep] = true;
+            self.stale(ep);
             self.sent[ep] += take as u64;
             self.at(deliver, Event::Data(link, 1 - side, chunk));
             self.uplink_busy[ep] = true;
@@ -205,6 +342,7 @@ impl Net {
         if before > LOW_WATER && after.saturating_sub(LOW_WATER) == 0 && !closing {
             self.at(now, Event::Drain(link, side));
         }
+        take == 0
     }
 }
 
@@ -217,7 +355,13 @@ pub(super) struct Io<'a> {
 impl<'a> Io<'a> {
     /// The network as `ep` sees it, about to be handed to its machine.
     pub(super) fn new(net: &'a mut Net, ep: usize) -> Io<'a> {
-        net.timer_stale[ep] = true;
+        net.stale(ep);
+        net.wake(ep);
+        Io { net, ep }
+    }
+
+    /// The network as `ep` sees it, for a look that changes nothing (`poll_timeout`).
+    pub(super) fn peek(net: &'a mut Net, ep: usize) -> Io<'a> {
         Io { net, ep }
     }
 
@@ -269,15 +413,15 @@ impl NodeIo for Io<'_> {
     }
 
     fn pending_out(&self, conn: ConnId) -> usize {
-        match self.net.conns[self.ep].get(&conn) {
-            Some(&(link, side)) => self.net.links[link].ends[side].out.len(),
+        match self.net.slot(self.ep, conn) {
+            Some((link, side)) => self.net.links[link].ends[side].out.len(),
             None => 0,
         }
     }
 
     fn close(&mut self, conn: ConnId) {
         let ep = self.ep;
-        let Some(&(link, side)) = self.net.conns[ep].get(&conn) else {
+        let Some((link, side)) = self.net.slot(ep, conn) else {
             return;
         };
         let end = &mut self.net.links[link].ends[side];
@@ -291,7 +435,7 @@ impl NodeIo for Io<'_> {
     }
 
     fn resume_reading(&mut self, conn: ConnId) {
-        if let Some(&(link, side)) = self.net.conns[self.ep].get(&conn) {
+        if let Some((link, side)) = self.net.slot(self.ep, conn) {
             let now = self.net.now;
             self.net.at(now, Event::Redeliver(link, side));
         }
@@ -428,7 +572,7 @@ impl Net {
         if self.uplink_busy[ep] {
             return Uplink::Busy;
         }
-        let waiting = self.conns[ep].values().any(|&(link, side)| {
+        let waiting = self.conns[ep].iter().any(|&(link, side)| {
             let end = &self.links[link].ends[side];
             !end.ended && !end.out.is_empty()
         });
