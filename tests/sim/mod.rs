@@ -337,11 +337,7 @@ impl Swarm {
                 }
             }
             Event::Data(link, side, bytes) => {
-                let sender = &mut self.net.links[link].ends[1 - side];
-                sender.in_flight = sender.in_flight.saturating_sub(bytes.len());
-                // Its window opened.
-                let from = sender.ep;
-                self.net.wake(from);
+                self.net.arrived(link, 1 - side, bytes.len());
                 let end = &mut self.net.links[link].ends[side];
                 if end.ended {
                     return;
@@ -381,7 +377,7 @@ impl Swarm {
                     return;
                 }
                 let mut io = Io::new(&mut self.net, ep);
-                self.nodes[ep - 1].handle_disk(now, done, &mut io);
+                self.nodes[ep - 1].handle_disk(now, *done, &mut io);
             }
         }
     }

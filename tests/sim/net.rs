@@ -79,7 +79,8 @@ pub(super) enum Event {
     UplinkFree(usize),
     /// A receiver's downlink queue that held an endpoint back has drained enough.
     Wake(usize),
-    Disk(usize, DiskDone),
+    /// Boxed: the queue moves events about, and a disk result is most of an event's size.
+    Disk(usize, Box<DiskDone>),
 }
 
 /// An event in the queue, ordered by time, then by when it was queued.
@@ -119,8 +120,8 @@ pub struct Net {
     pub links: Vec<Link>,
     /// Per endpoint: (link, end) of its connection id n at index n - 1 (ids count up from 1).
     pub(super) conns: Vec<Vec<(usize, usize)>>,
-    /// Per endpoint: the connections that may have output or a fin to send, so a pump
-    /// looks at those and not at every connection the endpoint ever had.
+    /// Per endpoint: the connections that may have output or a fin to send and an open
+    /// window, so a pump looks at those and not at every connection the endpoint ever had.
     pub(super) may_send: Vec<BTreeSet<ConnId>>,
     /// Per endpoint: something reached its machine or its buffers since its timer was read.
     pub(super) timer_stale: Vec<bool>,
@@ -229,6 +230,20 @@ impl Net {
         }
     }
 
+    /// `bytes` sent from `link`'s end `side` arrived: its window may open.
+    pub(super) fn arrived(&mut self, link: usize, side: usize, bytes: usize) {
+        let end = &mut self.links[link].ends[side];
+        let was_full = end.in_flight >= WINDOW;
+        end.in_flight = end.in_flight.saturating_sub(bytes);
+        if was_full && end.in_flight < WINDOW {
+            let (ep, conn) = (end.ep, end.conn);
+            if let Some(conn) = conn {
+                self.may_send[ep].insert(conn);
+            }
+            self.wake(ep);
+        }
+    }
+
     /// A queued [`Event::Wake`] for `ep` fired.
     pub(super) fn woken(&mut self, ep: usize) {
         if self.wake_at[ep] == Some(self.now) {
@@ -274,7 +289,8 @@ impl Net {
                 continue;
             }
             if end.in_flight >= WINDOW {
-                // Stays in `may_send`: the window opens as its bytes arrive (`Data`).
+                // Back in `may_send` once the window opens as its bytes arrive (`Data`).
+                idle.push(conn);
                 continue;
             }
             let receiver = self.links[link].ends[1 - side].ep;
@@ -367,7 +383,7 @@ impl<'a> Io<'a> {
 
     fn disk_done(&mut self, done: DiskDone) {
         let now = self.net.now;
-        self.net.at(now, Event::Disk(self.ep, done));
+        self.net.at(now, Event::Disk(self.ep, Box::new(done)));
     }
 }
 
