@@ -128,10 +128,15 @@ impl Swarm {
         self.net.stopped[ep] = true;
         // Fins it had queued still go, as every other endpoint's would.
         self.net.wake(ep);
-        let links: Vec<(usize, usize)> = self.net.conns[ep].clone();
+        let links: Vec<(usize, usize)> = self.net.conns[ep]
+            .iter_mut()
+            .map(|slot| {
+                slot.out.clear();
+                (slot.link, slot.side)
+            })
+            .collect();
         for (link, side) in links {
             self.net.links[link].ends[side].ended = true;
-            self.net.links[link].ends[side].out.clear();
             let kind = std::io::ErrorKind::ConnectionReset;
             let peer = 1 - side;
             self.end_conn(link, peer, CloseReason::Error(kind));

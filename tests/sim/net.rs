@@ -47,7 +47,6 @@ pub struct Access {
 pub(super) struct End {
     pub(super) ep: usize,
     pub(super) conn: Option<ConnId>,
-    pub(super) out: Vec<u8>,
     pub(super) input: Vec<u8>,
     /// Closed by its endpoint: output still flushes, then the peer is told.
     pub(super) closing: bool,
@@ -57,6 +56,16 @@ pub(super) struct End {
     pub(super) last_arrival: Option<Instant>,
     /// Bytes this end sent that have not arrived yet (bounded by [`WINDOW`]).
     pub(super) in_flight: usize,
+}
+
+/// One of an endpoint's connection ids: which end of which link, and the end's output,
+/// kept here so that a machine asking for the backlog of each of its thousand connections
+/// reads one table and not a thousand links.
+#[derive(Clone, Default)]
+pub(super) struct Slot {
+    pub(super) link: usize,
+    pub(super) side: usize,
+    pub(super) out: Vec<u8>,
 }
 
 /// A connection: end 0 connected, end 1 accepted.
@@ -118,8 +127,8 @@ pub struct Net {
     /// Per endpoint: its own address (the tracker's for endpoint 0).
     pub(super) addr_of: Vec<SocketAddr>,
     pub links: Vec<Link>,
-    /// Per endpoint: (link, end) of its connection id n at index n - 1 (ids count up from 1).
-    pub(super) conns: Vec<Vec<(usize, usize)>>,
+    /// Per endpoint: its connection id n at index n - 1 (ids count up from 1).
+    pub(super) conns: Vec<Vec<Slot>>,
     /// Per endpoint: the connections that may have output or a fin to send and an open
     /// window, so a pump looks at those and not at every connection the endpoint ever had.
     pub(super) may_send: Vec<BTreeSet<ConnId>>,
@@ -193,7 +202,14 @@ impl Net {
 
     /// The (link, end) of `ep`'s connection `conn`.
     pub(super) fn slot(&self, ep: usize, conn: ConnId) -> Option<(usize, usize)> {
-        self.conns[ep].get(conn.0.checked_sub(1)?).copied()
+        let slot = self.conns[ep].get(conn.0.checked_sub(1)?)?;
+        Some((slot.link, slot.side))
+    }
+
+    /// The output buffer of `ep`'s connection `conn`.
+    pub(super) fn out(&mut self, ep: usize, conn: ConnId) -> Option<&mut Vec<u8>> {
+        let slot = self.conns[ep].get_mut(conn.0.checked_sub(1)?)?;
+        Some(&mut slot.out)
     }
 
     pub(super) fn end(&mut self, ep: usize, conn: ConnId) -> Option<&mut End> {
@@ -204,7 +220,11 @@ impl Net {
     pub(super) fn new_conn(&mut self, ep: usize, link: usize, side: usize) -> ConnId {
         self.next_conn[ep] += 1;
         let conn = ConnId(self.next_conn[ep]);
-        self.conns[ep].push((link, side));
+        self.conns[ep].push(Slot {
+            link,
+            side,
+            out: Vec::new(),
+        });
         debug_assert_eq!(self.conns[ep].len(), conn.0);
         self.links[link].ends[side].conn = Some(conn);
         conn
@@ -279,12 +299,13 @@ impl Net {
         let mut idle = Vec::new();
         let mut wake: Option<Instant> = None;
         for &conn in &self.may_send[ep] {
-            let Some((link, side)) = self.slot(ep, conn) else {
+            let Some(slot) = self.conns[ep].get(conn.0.wrapping_sub(1)) else {
                 idle.push(conn);
                 continue;
             };
+            let (link, side) = (slot.link, slot.side);
             let end = &self.links[link].ends[side];
-            if end.out.is_empty() && !(end.closing && !self.links[link].fin_sent[side]) {
+            if slot.out.is_empty() && !(end.closing && !self.links[link].fin_sent[side]) {
                 idle.push(conn);
                 continue;
             }
@@ -304,7 +325,7 @@ impl Net {
                 wake = Some(wake.map_or(opens, |w| w.min(opens)));
                 continue;
             }
-            ready.push((link, side));
+            ready.push((link, side, conn));
         }
         for conn in idle {
             self.may_send[ep].remove(&conn);
@@ -319,19 +340,20 @@ impl Net {
             return false;
         }
         self.cursor[ep] = (self.cursor[ep] + 1) % ready.len();
-        let (link, side) = ready[self.cursor[ep]];
+        let (link, side, conn) = ready[self.cursor[ep]];
         let peer = self.links[link].ends[1 - side].ep;
         let end = &mut self.links[link].ends[side];
-        let before = end.out.len();
+        let out = &mut self.conns[ep][conn.0 - 1].out;
+        let before = out.len();
         let take = before.min(CHUNK).min(WINDOW - end.in_flight);
         end.in_flight += take;
         let chunk: Vec<u8> = match take == before {
-            true => std::mem::take(&mut end.out),
-            false => end.out.drain(..take).collect(),
+            true => std::mem::take(out),
+            false => out.drain(..take).collect(),
         };
-        let after = end.out.len();
+        let after = out.len();
         if after == 0 && end.closing {
-            end.out = Vec::new();
+            *out = Vec::new();
         }
         let now = self.now;
         let sent_at = now + Duration::from_secs_f64(take as f64 / self.access[ep].up);
@@ -425,14 +447,12 @@ impl NodeIo for Io<'_> {
             return None;
         }
         self.net.may_send[ep].insert(conn);
-        self.net.end(ep, conn).map(|end| &mut end.out)
+        self.net.out(ep, conn)
     }
 
     fn pending_out(&self, conn: ConnId) -> usize {
-        match self.net.slot(self.ep, conn) {
-            Some((link, side)) => self.net.links[link].ends[side].out.len(),
-            None => 0,
-        }
+        let slot = self.net.conns[self.ep].get(conn.0.wrapping_sub(1));
+        slot.map_or(0, |slot| slot.out.len())
     }
 
     fn close(&mut self, conn: ConnId) {
@@ -588,10 +608,9 @@ impl Net {
         if self.uplink_busy[ep] {
             return Uplink::Busy;
         }
-        let waiting = self.conns[ep].iter().any(|&(link, side)| {
-            let end = &self.links[link].ends[side];
-            !end.ended && !end.out.is_empty()
-        });
+        let waiting = self.conns[ep]
+            .iter()
+            .any(|slot| !slot.out.is_empty() && !self.links[slot.link].ends[slot.side].ended);
         match waiting {
             true => Uplink::Blocked,
             false => Uplink::Empty,
