@@ -439,8 +439,11 @@ pub fn access(up_mib: f64, down_mib: f64, latency_ms: u64) -> Access {
 }
 
 pub fn downloaded(swarm: &Swarm, ep: usize, name: &str) -> bool {
-    let prefix = format!("downloaded {name} ");
-    swarm.net.said[ep].iter().any(|l| l.starts_with(&prefix))
+    swarm.net.said[ep].iter().any(|l| {
+        l.strip_prefix("downloaded ")
+            .and_then(|rest| rest.strip_prefix(name))
+            .is_some_and(|rest| rest.starts_with(' '))
+    })
 }
 
 pub fn failed(swarm: &Swarm, ep: usize) -> Option<&String> {

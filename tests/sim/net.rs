@@ -151,6 +151,9 @@ pub struct Net {
     pub(super) seq: u64,
     /// Lines each endpoint said (result lines and failure lines).
     pub said: Vec<Vec<String>>,
+    /// How many lines all endpoints said: a check of what they said can skip the steps
+    /// where nobody said anything.
+    pub lines_said: usize,
     /// Bytes each endpoint's uplink sent.
     pub sent: Vec<u64>,
     /// Connects made to each endpoint's address (answered or refused).
@@ -184,6 +187,7 @@ impl Net {
             queue: BinaryHeap::new(),
             seq: 0,
             said: vec![Vec::new(); count],
+            lines_said: 0,
             sent: vec![0; count],
             connects_to: vec![0; count],
             done_at: vec![None; count],
@@ -562,10 +566,12 @@ impl NodeIo for Io<'_> {
             self.net.done_at[self.ep] = Some(self.net.now);
         }
         self.net.said[self.ep].push(line.to_owned());
+        self.net.lines_said += 1;
     }
 
     fn say_err(&mut self, line: &str) {
         self.net.said[self.ep].push(line.to_owned());
+        self.net.lines_said += 1;
     }
 
     fn progress(&mut self, _name: &str, _progress: &Progress) {}
