@@ -8,6 +8,12 @@
 //! reactor's rules. Disk jobs run at once on the test's thread, in real tempdir folders.
 //! The clock is a value the event queue advances, so a swarm of megabytes takes
 //! milliseconds and never waits on the machine.
+//!
+//! A step costs what it touches, not the swarm's size: after each event or timer only the
+//! endpoints that may now send are pumped (their machine ran, their uplink freed, a window
+//! opened, or a [`net::Event::Wake`] says a receiver's downlink queue drained), in ascending
+//! order as a pump of every endpoint would, and only the timers of machines that ran are read
+//! again, into a heap.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;

@@ -141,6 +141,9 @@ pub struct Net {
     dirty: Vec<bool>,
     /// The endpoints whose `dirty` is set.
     dirty_list: Vec<usize>,
+    /// Per endpoint: connections held back by a receiver's full downlink queue, out of
+    /// `may_send` until it will have drained enough, by that time.
+    held: Vec<BTreeSet<(Instant, ConnId)>>,
     /// Per endpoint: the earliest [`Event::Wake`] queued for it and not yet fired.
     wake_at: Vec<Option<Instant>>,
     pub(super) next_conn: Vec<usize>,
@@ -179,6 +182,7 @@ impl Net {
             stale: (0..count).collect(),
             dirty: vec![false; count],
             dirty_list: Vec::new(),
+            held: vec![BTreeSet::new(); count],
             wake_at: vec![None; count],
             next_conn: vec![0; count],
             uplink_busy: vec![false; count],
@@ -299,9 +303,16 @@ impl Net {
         if self.uplink_busy[ep] {
             return false;
         }
+        while let Some(&(t, conn)) = self.held[ep].first() {
+            if t > self.now {
+                break;
+            }
+            self.held[ep].pop_first();
+            self.may_send[ep].insert(conn);
+        }
         let mut ready = Vec::new();
         let mut idle = Vec::new();
-        let mut wake: Option<Instant> = None;
+        let mut held = Vec::new();
         for &conn in &self.may_send[ep] {
             let Some(slot) = self.conns[ep].get(conn.0.wrapping_sub(1)) else {
                 idle.push(conn);
@@ -324,9 +335,10 @@ impl Net {
             let arrives = self.now + half;
             let queued = self.down_free[receiver].saturating_duration_since(arrives);
             if queued > DOWNLINK_QUEUE {
-                // From then on a chunk sent finds no more than the queue allows.
+                // From then on a chunk sent finds no more than the queue allows; not
+                // before, as a downlink's queue only grows but by time.
                 let opens = self.down_free[receiver] - half - DOWNLINK_QUEUE;
-                wake = Some(wake.map_or(opens, |w| w.min(opens)));
+                held.push((opens, conn));
                 continue;
             }
             ready.push((link, side, conn));
@@ -334,8 +346,12 @@ impl Net {
         for conn in idle {
             self.may_send[ep].remove(&conn);
         }
+        for (opens, conn) in held {
+            self.may_send[ep].remove(&conn);
+            self.held[ep].insert((opens, conn));
+        }
         if ready.is_empty() {
-            if let Some(t) = wake {
+            if let Some(&(t, _)) = self.held[ep].first() {
                 if self.wake_at[ep].is_none_or(|w| w > t) {
                     self.wake_at[ep] = Some(t);
                     self.at(t, Event::Wake(ep));
