@@ -320,7 +320,8 @@ impl Net {
             };
             let (link, side) = (slot.link, slot.side);
             let end = &self.links[link].ends[side];
-            if slot.out.is_empty() && !(end.closing && !self.links[link].fin_sent[side]) {
+            let fin_due = end.closing && !self.links[link].fin_sent[side];
+            if slot.out.is_empty() && !fin_due {
                 idle.push(conn);
                 continue;
             }
