@@ -151,10 +151,15 @@ fn crowd(
     let mut traced = (0u64, 0u64);
     // Bounded: SIM_LIMIT / slice slices, each bounded in steps by `run_until`.
     while sim_spent < SIM_LIMIT {
+        // Whether all are over changes only when one says something.
+        let mut seen = usize::MAX;
         let all = swarm.run_until(slice, |s| {
-            eps.iter()
-                .filter(|ep| !left.contains(*ep))
-                .all(|&ep| over(s, ep))
+            let said = std::mem::replace(&mut seen, s.net.lines_said);
+            said != s.net.lines_said
+                && eps
+                    .iter()
+                    .filter(|ep| !left.contains(*ep))
+                    .all(|&ep| over(s, ep))
         });
         sim_spent += slice;
         if trace {

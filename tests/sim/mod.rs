@@ -8,9 +8,15 @@
 //! reactor's rules. Disk jobs run at once on the test's thread, in real tempdir folders.
 //! The clock is a value the event queue advances, so a swarm of megabytes takes
 //! milliseconds and never waits on the machine.
+//!
+//! A step costs what it touches, not the swarm's size: after each event or timer only the
+//! endpoints that may now send are pumped (their machine ran, their uplink freed, a window
+//! opened, or a [`net::Event::Wake`] says a receiver's downlink queue drained), in ascending
+//! order as a pump of every endpoint would, and only the timers of machines that ran are read
+//! again, into a heap.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -50,6 +56,10 @@ pub struct Swarm {
     pub nodes: Vec<Node>,
     /// Each node's next timer as it last said, read again once `timer_stale`.
     timers: Vec<Option<Instant>>,
+    /// The nodes' timers by time: (time, endpoint, generation), an entry being current while
+    /// its generation is the endpoint's in `timer_gen` (older ones are dropped when on top).
+    timer_queue: BinaryHeap<Reverse<(Instant, usize, u64)>>,
+    timer_gen: Vec<u64>,
     dirs: Vec<tempfile::TempDir>,
 }
 
@@ -57,30 +67,9 @@ impl Swarm {
     pub fn new(tracker_access: Access, specs: Vec<Spec>) -> Swarm {
         let now = Instant::now();
         let count = specs.len() + 1;
-        let mut net = Net {
-            now,
-            access: vec![tracker_access],
-            addrs: HashMap::from([(TRACKER_ADDR, 0)]),
-            links: Vec::new(),
-            conns: vec![BTreeMap::new(); count],
-            may_send: vec![BTreeSet::new(); count],
-            timer_stale: vec![true; count],
-            next_conn: vec![0; count],
-            uplink_busy: vec![false; count],
-            down_free: vec![now; count],
-            cursor: vec![0; count],
-            queue: BinaryHeap::new(),
-            events: HashMap::new(),
-            seq: 0,
-            said: vec![Vec::new(); count],
-            sent: vec![0; count],
-            connects_to: vec![0; count],
-            done_at: vec![None; count],
-            stopped: vec![false; count],
-        };
-        let mut nodes = Vec::new();
-        let mut dirs = Vec::new();
-        for (i, spec) in specs.into_iter().enumerate() {
+        let mut access = vec![tracker_access];
+        let mut addr_of = vec![TRACKER_ADDR];
+        for (i, spec) in specs.iter().enumerate() {
             let ep = i + 1;
             // 10.0.1.1 to 10.0.1.254, then 10.0.2.1...: distinct for any swarm a test builds.
             let ip = Ipv4Addr::new(
@@ -89,9 +78,13 @@ impl Swarm {
                 1 + ((ep - 1) / 254) as u8,
                 ((ep - 1) % 254 + 1) as u8,
             );
-            net.access.push(spec.access);
-            net.addrs
-                .insert(SocketAddr::new(IpAddr::V4(ip), NODE_PORT), ep);
+            access.push(spec.access);
+            addr_of.push(SocketAddr::new(IpAddr::V4(ip), NODE_PORT));
+        }
+        let net = Net::new(now, access, addr_of);
+        let mut nodes = Vec::new();
+        let mut dirs = Vec::new();
+        for spec in specs {
             let dir = tempfile::tempdir().expect("tempdir");
             for (name, bytes) in &spec.shares {
                 std::fs::write(dir.path().join(name), bytes).expect("write a shared file");
@@ -114,13 +107,15 @@ impl Swarm {
             tracker: TrackerState::new(TrackerLimits::default()),
             nodes,
             timers: vec![None; count],
+            timer_queue: BinaryHeap::new(),
+            timer_gen: vec![0; count],
             dirs,
         };
         for i in 0..swarm.nodes.len() {
             let mut io = Io::new(&mut swarm.net, i + 1);
             swarm.nodes[i].handle_start(now, &mut io);
         }
-        swarm.pump_all();
+        swarm.net.pump_dirty();
         swarm
     }
 
@@ -137,10 +132,17 @@ impl Swarm {
     /// Cuts `ep` off: its machine hears nothing more and every peer sees its connections reset.
     pub fn kill(&mut self, ep: usize) {
         self.net.stopped[ep] = true;
-        let links: Vec<(usize, usize)> = self.net.conns[ep].values().copied().collect();
+        // Fins it had queued still go, as every other endpoint's would.
+        self.net.wake(ep);
+        let links: Vec<(usize, usize)> = self.net.conns[ep]
+            .iter_mut()
+            .map(|slot| {
+                slot.out.clear();
+                (slot.link, slot.side)
+            })
+            .collect();
         for (link, side) in links {
             self.net.links[link].ends[side].ended = true;
-            self.net.links[link].ends[side].out.clear();
             let kind = std::io::ErrorKind::ConnectionReset;
             let peer = 1 - side;
             self.end_conn(link, peer, CloseReason::Error(kind));
@@ -151,6 +153,7 @@ impl Swarm {
     pub fn restart_tracker(&mut self) {
         self.tracker = TrackerState::new(TrackerLimits::default());
         self.net.stopped[0] = false;
+        self.net.wake(0);
     }
 
     /// Runs a command on node `ep` as if typed.
@@ -158,37 +161,55 @@ impl Swarm {
         let now = self.net.now;
         let mut io = Io::new(&mut self.net, ep);
         self.nodes[ep - 1].handle_command(now, cmd, &mut io);
-        self.pump_all();
+        self.net.pump_dirty();
     }
 
-    fn pump_all(&mut self) {
-        for ep in 0..self.net.access.len() {
-            self.net.pump(ep);
-        }
-    }
-
-    /// The earliest timer of any machine.
+    /// The earliest timer of any machine, the tracker's first and then the lowest endpoint's
+    /// among equal ones.
     fn next_timer(&mut self) -> Option<(Instant, usize)> {
-        let mut next = self.tracker.poll_timeout().map(|t| (t, 0));
-        for i in 0..self.nodes.len() {
-            let ep = i + 1;
-            if self.net.stopped[ep] {
+        // A machine's timer moves only when the machine or its buffers did: asking a
+        // thousand machines at every step would be most of a big swarm's cost.
+        let stale = std::mem::take(&mut self.net.stale);
+        for &ep in &stale {
+            self.net.timer_stale[ep] = false;
+            // The tracker's is read at every step below; a stopped node's never fires.
+            if ep == 0 || self.net.stopped[ep] {
                 continue;
             }
-            // A machine's timer moves only when the machine or its buffers did: asking a
-            // thousand machines at every step would be most of a big swarm's cost.
-            if self.net.timer_stale[ep] {
-                let io = Io::new(&mut self.net, ep);
-                self.timers[ep] = self.nodes[i].poll_timeout(&io);
-                self.net.timer_stale[ep] = false;
+            let io = Io::peek(&mut self.net, ep);
+            let t = self.nodes[ep - 1].poll_timeout(&io);
+            if t == self.timers[ep] {
+                continue;
             }
-            if let Some(t) = self.timers[ep] {
-                if next.is_none_or(|(n, _)| t < n) {
-                    next = Some((t, ep));
-                }
+            self.timers[ep] = t;
+            self.timer_gen[ep] += 1;
+            if let Some(t) = t {
+                self.timer_queue.push(Reverse((t, ep, self.timer_gen[ep])));
             }
         }
-        next
+        self.net.stale = stale;
+        self.net.stale.clear();
+        // Outdated entries pile up under far timers: start over from the current ones.
+        if self.timer_queue.len() > 4 * self.timers.len() + 1024 {
+            let current = (1..self.timers.len())
+                .filter(|&ep| !self.net.stopped[ep])
+                .filter_map(|ep| Some(Reverse((self.timers[ep]?, ep, self.timer_gen[ep]))));
+            self.timer_queue = current.collect();
+        }
+        let mut node = None;
+        while let Some(&Reverse((t, ep, generation))) = self.timer_queue.peek() {
+            if generation == self.timer_gen[ep] && !self.net.stopped[ep] {
+                node = Some((t, ep));
+                break;
+            }
+            self.timer_queue.pop();
+        }
+        let tracker = self.tracker.poll_timeout().map(|t| (t, 0));
+        match (tracker, node) {
+            (Some((a, _)), Some((b, ep))) if b < a => Some((b, ep)),
+            (Some(a), _) => Some(a),
+            (None, node) => node,
+        }
     }
 
     /// Runs events and timers in time order until `done` holds (true) or `limit` of simulated
@@ -199,7 +220,7 @@ impl Swarm {
             if done(self) {
                 return true;
             }
-            let event_at = self.net.queue.peek().map(|Reverse((t, _))| *t);
+            let event_at = self.net.queue.peek().map(|Reverse(q)| q.at);
             let timer = self.next_timer();
             match (event_at, timer) {
                 (Some(e), Some((t, ep))) if t < e => self.fire_timer(t, ep),
@@ -207,21 +228,21 @@ impl Swarm {
                     if e > end {
                         return false;
                     }
-                    let Some(Reverse((t, seq))) = self.net.queue.pop() else {
+                    let Some(Reverse(q)) = self.net.queue.pop() else {
                         return false;
                     };
-                    self.net.now = self.net.now.max(t);
-                    if let Some(event) = self.net.events.remove(&seq) {
-                        self.apply(event);
-                    }
+                    self.net.now = self.net.now.max(q.at);
+                    self.apply(q.event);
                 }
                 (None, Some((t, ep))) => self.fire_timer(t, ep),
                 (None, None) => return false,
             }
+            // Only the endpoints this step may have let send: pumping all of them after
+            // every step would be most of a big swarm's cost.
+            self.net.pump_dirty();
             if self.net.now > end {
                 return false;
             }
-            self.pump_all();
         }
         false
     }
@@ -255,7 +276,12 @@ impl Swarm {
             self.nodes[ep - 1].handle_data(now, conn, &input, &mut io)
         };
         let end = &mut self.net.links[link].ends[side];
-        let mut rest = input[used.min(input.len())..].to_vec();
+        let mut rest = input;
+        match used >= rest.len() {
+            // Dropped, not kept: a big swarm's idle links must not hold a chunk each.
+            true => rest = Vec::new(),
+            false => drop(rest.drain(..used)),
+        }
         rest.append(&mut end.input);
         end.input = rest;
     }
@@ -296,17 +322,11 @@ impl Swarm {
                 }
                 let conn = self.net.new_conn(ep, link, 1);
                 let from = self.net.links[link].ends[0].ep;
-                let peer = self
-                    .net
-                    .addrs
-                    .iter()
-                    .find(|(_, &e)| e == from)
-                    .map(|(a, _)| SocketAddr::new(a.ip(), 50000 + link as u16))
-                    .unwrap_or(TRACKER_ADDR);
+                let peer = SocketAddr::new(self.net.addr_of[from].ip(), 50000 + link as u16);
+                self.net.stale(ep);
                 if ep == 0 {
                     self.tracker.handle_accept(now, conn.0, peer.ip());
                 } else {
-                    self.net.timer_stale[ep] = true;
                     self.nodes[ep - 1].handle_accept(now, conn, peer);
                 }
             }
@@ -322,19 +342,21 @@ impl Swarm {
                 self.nodes[ep - 1].handle_connected(now, conn, &mut io);
             }
             Event::Refused(ep, conn) => {
-                if let Some(&(link, side)) = self.net.conns[ep].get(&conn) {
+                if let Some((link, side)) = self.net.slot(ep, conn) {
                     let kind = std::io::ErrorKind::ConnectionRefused;
                     self.end_conn(link, side, CloseReason::ConnectFailed(kind));
                 }
             }
             Event::Data(link, side, bytes) => {
-                let sender = &mut self.net.links[link].ends[1 - side];
-                sender.in_flight = sender.in_flight.saturating_sub(bytes.len());
+                self.net.arrived(link, 1 - side, bytes.len());
                 let end = &mut self.net.links[link].ends[side];
                 if end.ended {
                     return;
                 }
-                end.input.extend_from_slice(&bytes);
+                match end.input.is_empty() {
+                    true => end.input = bytes,
+                    false => end.input.extend_from_slice(&bytes),
+                }
                 self.deliver(link, side);
             }
             Event::Fin(link, side) => self.end_conn(link, side, CloseReason::Eof),
@@ -356,13 +378,17 @@ impl Swarm {
                 }
             }
             Event::Redeliver(link, side) => self.deliver(link, side),
-            Event::UplinkFree(ep) => self.net.uplink_busy[ep] = false,
+            Event::UplinkFree(ep) => {
+                self.net.uplink_busy[ep] = false;
+                self.net.wake(ep);
+            }
+            Event::Wake(ep) => self.net.woken(ep),
             Event::Disk(ep, done) => {
                 if self.net.stopped[ep] {
                     return;
                 }
                 let mut io = Io::new(&mut self.net, ep);
-                self.nodes[ep - 1].handle_disk(now, done, &mut io);
+                self.nodes[ep - 1].handle_disk(now, *done, &mut io);
             }
         }
     }
@@ -419,8 +445,11 @@ pub fn access(up_mib: f64, down_mib: f64, latency_ms: u64) -> Access {
 }
 
 pub fn downloaded(swarm: &Swarm, ep: usize, name: &str) -> bool {
-    let prefix = format!("downloaded {name} ");
-    swarm.net.said[ep].iter().any(|l| l.starts_with(&prefix))
+    swarm.net.said[ep].iter().any(|l| {
+        l.strip_prefix("downloaded ")
+            .and_then(|rest| rest.strip_prefix(name))
+            .is_some_and(|rest| rest.starts_with(' '))
+    })
 }
 
 pub fn failed(swarm: &Swarm, ep: usize) -> Option<&String> {
