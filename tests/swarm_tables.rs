@@ -11,23 +11,34 @@
 //! prints the 16, 100 and 1,000-node tables (8 MiB in 256 KiB pieces; `SHOAL_TABLE_MIB` and
 //! `SHOAL_TABLE_PIECE_KIB` change them).
 //!
-//! `SHOAL_TABLE_TRACE=1` prints, every 50 ms of simulated time, how busy the owner's and the
-//! crowd's uplinks were and how many requests wait at the owner and at the downloaders.
+//! `SHOAL_TABLE_TRACE=1` prints, every 50 ms of simulated time: how busy the owner's and the
+//! crowd's uplinks were, the distinct pieces the owner has sent, the requests waiting at the
+//! owner and at the downloaders, what each crowd uplink is doing (busy, held back, idle with
+//! requests queued, idle), how many pieces the downloaders miss and how many blocks they
+//! ask for, the turn-downs so far by rule, and the pieces missing at busy and idle uplinks.
 //!
 //! The simulator models TCP's window (256 KiB in flight per direction of a link) and a
 //! 20 ms queue in front of each downlink; senders wait instead of queueing without bound.
+//! Each table writes N copies of the file into tempdirs: set `TMPDIR` to a folder of its
+//! own, with room (32 GB for 1,000 downloaders of 32 MiB).
 //!
 //! What the tables showed (8 MiB in 256 KiB pieces, R = 8 MiB/s, 5 ms):
 //! - before node-wide upload scheduling, with R the link's rate, the owner split its link
 //!   N ways, sent the file about N/8 times, and at 1,000 no piece arrived within 30 s;
-//! - since (one budget for all serving connections, least-sent piece first, requests for
-//!   pieces held elsewhere turned down when they wait, downloaders listed from the start):
-//!   16 downloaders at 1.7x (paced 1.5x), 100 at 2.1x (1.7x), 1,000 at 3.1x (1.9x). An 8 MiB
-//!   file is one second at R: tracker and connection start-up (about 0.1 s) and the last
-//!   pieces' spread weigh a lot; with `SHOAL_TABLE_MIB=32`, 16 downloaders end at 1.2x (paced 1.1x) and 100 at 1.35x
-//!   (paced 1.2x).
-//!   What is left is the ramp: a piece spreads from its holders one block at a time, and
-//!   early on too few distinct pieces are in the crowd for every uplink to be busy.
+//! - with it (one budget for all serving connections, least-sent piece first, requests for
+//!   pieces sent before turned down after 100 ms, downloaders listed from the start):
+//!   16 downloaders at 1.69x (paced 1.47x), 100 at 2.06x (1.66x), 1,000 at 3.03x;
+//! - since requests spread over partial owners one piece each, least loaded first, and a
+//!   partial owner sends back what it cannot send within 100 ms: 16 at 1.56x (paced 1.36x),
+//!   100 at 1.93x (1.57x), 1,000 at 2.70x. With `SHOAL_TABLE_MIB=32`: 16 at 1.17x, 100 at
+//!   1.30x (paced 1.21x), but 1,000 at about 4x.
+//!
+//! What is left shows at 1,000. The owner's uplink first carries every downloader's piece
+//! hashes (1 KiB each for 8 MiB, 4 KiB for 32 MiB: 0.13 s and 0.5 s of it), all at once.
+//! Then the crowd's uplinks stay 40 % idle, with nothing asked of them: a downloader asks
+//! for about half the pieces it misses, and none of its 63 partial owners holds the rest
+//! (some pieces stay rare long after the owner sent them), while requests for those few
+//! holders' pieces are sent back and forth (about 4 turn-downs per piece delivered).
 
 // Each test binary uses its own part of the simulator.
 #[allow(dead_code)]
