@@ -30,7 +30,7 @@
 //!   16 downloaders at 1.69x (paced 1.47x), 100 at 2.06x (1.66x), 1,000 at 3.03x;
 //! - since requests spread over partial owners one piece each, least loaded first, and a
 //!   partial owner sends back what it cannot send within 100 ms: 16 at 1.56x (paced 1.36x),
-//!   100 at 1.93x (1.57x), 1,000 at 2.70x. With `SHOAL_TABLE_MIB=32`: 16 at 1.17x, 100 at
+//!   100 at 1.93x (1.57x), 1,000 at 2.70x (1.95x). With `SHOAL_TABLE_MIB=32`: 16 at 1.17x, 100 at
 //!   1.30x (paced 1.21x), but 1,000 at about 4x.
 //!
 //! What is left shows at 1,000. The owner's uplink first carries every downloader's piece
