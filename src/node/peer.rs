@@ -63,6 +63,8 @@ pub struct Peer {
     pub excused_bytes: u64,
     /// Pieces it turned down (a `Cancel` from it), not asked of it again until the time given.
     refused: Vec<(PieceIndex, Instant)>,
+    /// When the connection attempt began.
+    pub since: Instant,
 }
 
 /// How long a piece an owner turned down is asked of others only: long enough to try the
@@ -100,6 +102,7 @@ impl Peer {
             ramp: INITIAL_WINDOW,
             excused_bytes: 0,
             refused: Vec::new(),
+            since: now,
         }
     }
 

@@ -268,6 +268,10 @@ pub(super) fn addr_key(seed: u64, addr: &SocketAddr) -> u64 {
 
 /// How often rates are sampled and timeouts checked.
 const TICK: Duration = Duration::from_millis(250);
+/// At most this share of the peer places (1 in N) is given to untried owners per tick.
+const ROTATE_SHARE: usize = 16;
+/// An owner let go to make room for untried ones is not connected again for this long.
+const ROTATED_OUT_FOR: Duration = Duration::from_secs(5);
 
 impl<S: PartStore> Download<S> {
     /// A download of `name` by the node `my_name` (its own entries in owner lists are skipped).

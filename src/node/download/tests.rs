@@ -806,6 +806,53 @@ fn requests_spread_over_the_partial_owners_instead_of_filling_the_first_one() {
 }
 
 #[test]
+fn with_every_place_taken_an_idle_partial_owner_makes_room_for_one_never_tried() {
+    let data = file(8 * PIECE as usize, 7);
+    let info = info_of(&data);
+    let config = DownloadConfig {
+        max_peers: 3,
+        ..DownloadConfig::default()
+    };
+    let mut dl = Download::new("f", "me", config, Instant::now());
+    let mut io = Io::default();
+    let (seed, peers) = seed_and_partials(&mut dl, &mut io, &data, &[&[0, 1], &[]]);
+    let (busy, idle) = (peers[0], peers[1]);
+    assert_eq!(requested_pieces(&mut io, busy), [0, 1]);
+    // A downloader listed a tracker round later: every place is taken.
+    let late = owner(9, info, &data, Acts::Honest);
+    let listed: Vec<Owner<'_>> = [(1, true), (2, false), (3, false), (9, false)]
+        .iter()
+        .map(|&(n, complete)| {
+            let o = owner(n, info, &data, Acts::Honest);
+            (o.addr, complete)
+        })
+        .map(|(addr, complete)| Owner {
+            node_name: "o",
+            addr,
+            info,
+            complete,
+        })
+        .collect();
+    io.connects.clear();
+    dl.handle_owners(Instant::now(), &listed, &mut io);
+    assert!(io.connects.is_empty(), "no place free yet");
+    // A tick later the partial owner that holds nothing and is asked nothing goes.
+    dl.handle_timeout(Instant::now() + Duration::from_millis(300), &mut io);
+    assert_eq!(io.closed, [idle], "only the idle partial owner is let go");
+    let connected: Vec<SocketAddr> = io.connects.iter().map(|&(_, a)| a).collect();
+    assert_eq!(connected, [late.addr], "the untried owner takes its place");
+    assert!(!io.closed.contains(&seed) && !io.closed.contains(&busy));
+    // Nothing is left untried: the next tick keeps everyone.
+    io.connects.clear();
+    dl.handle_timeout(Instant::now() + Duration::from_millis(600), &mut io);
+    assert_eq!(io.closed, [idle]);
+    assert!(
+        io.connects.is_empty(),
+        "the one let go is not asked back at once"
+    );
+}
+
+#[test]
 fn a_piece_an_owner_turns_down_is_asked_of_another_and_not_of_it_again_at_once() {
     let data = file(8 * PIECE as usize, 5);
     let info = info_of(&data);
