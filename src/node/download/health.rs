@@ -11,10 +11,9 @@ impl<S: PartStore> Download<S> {
         why: Option<&str>,
         io: &mut dyn PeerIo,
     ) {
-        let Some(peer) = self.peers.remove(&slot) else {
+        let Some(peer) = self.drop_peer(slot, io) else {
             return;
         };
-        io.disconnect(slot);
         match why {
             Some(why) => log::warn!(
                 "{}: dropping owner {} at {}: {why}",
@@ -28,14 +27,6 @@ impl<S: PartStore> Download<S> {
                 peer.name,
                 peer.addr
             ),
-        }
-        if let Some(picker) = self.state.picker_mut() {
-            for piece in peer.pieces_in_flight() {
-                picker.release(piece);
-            }
-            if peer.phase == PeerPhase::Ready {
-                picker.remove_owner(&peer.has);
-            }
         }
         self.refetched_bytes += peer
             .partial_pieces
@@ -58,6 +49,23 @@ impl<S: PartStore> Download<S> {
         self.connect_more(now, io);
         self.fill(now, io);
         self.check_version(now, io);
+    }
+
+    /// Disconnects `slot` and takes its pieces off the picker: those it was fetching go back
+    /// to the queue, those it held no longer count as available. The peer is returned for
+    /// the caller's bookkeeping.
+    fn drop_peer(&mut self, slot: SlotId, io: &mut dyn PeerIo) -> Option<Peer> {
+        let peer = self.peers.remove(&slot)?;
+        io.disconnect(slot);
+        if let Some(picker) = self.state.picker_mut() {
+            for piece in peer.pieces_in_flight() {
+                picker.release(piece);
+            }
+            if peer.phase == PeerPhase::Ready {
+                picker.remove_owner(&peer.has);
+            }
+        }
+        Some(peer)
     }
 
     /// Drops `slot` for sending bad data and never uses that owner again in this download.
@@ -183,13 +191,9 @@ impl<S: PartStore> Download<S> {
         let share = (self.config.max_peers / ROTATE_SHARE).max(1);
         let turns = untried.min(share).min(idle.len());
         for &(_, slot) in &idle[..turns] {
-            let Some(peer) = self.peers.remove(&slot) else {
+            let Some(peer) = self.drop_peer(slot, io) else {
                 continue;
             };
-            io.disconnect(slot);
-            if let Some(picker) = self.state.picker_mut() {
-                picker.remove_owner(&peer.has);
-            }
             if let Some(c) = self.candidates.get_mut(&peer.addr) {
                 c.retry_at = Some(now + ROTATED_OUT_FOR);
             }
