@@ -78,6 +78,60 @@ fn two_downloaders_of_one_slow_seed_fetch_from_each_other() {
 }
 
 #[test]
+fn an_owner_sends_one_piece_after_another_not_two_at_once() {
+    // Two replies sharing an uplink both arrive at twice the time one takes; one after the
+    // other, the first arrives in half that, and its receiver can forward it that much
+    // sooner. So when the first piece is whole at a downloader, the owner has sent little
+    // more than that piece (the next one starts as its last bytes leave). Paced by
+    // `--max-upload-rate` on a faster link, a block waiting for the one before it to
+    // leave must not leave the owner waking to no end while the rate allows it.
+    let file = file_bytes(1 << 20, 7);
+    let piece = 256u64 << 10;
+    for paced in [None, Some(8u64 << 20)] {
+        let link = if paced.is_some() { 32.0 } else { 8.0 };
+        let specs = vec![
+            Spec {
+                max_upload_rate: paced,
+                ..owner("alice", access(link, 100.0, 1), &file)
+            },
+            downloader("bob", access(8.0, 100.0, 1)),
+            downloader("carol", access(8.0, 100.0, 1)),
+        ];
+        let mut swarm = Swarm::new(access(100.0, 100.0, 1), specs);
+        let pieces = (file.len() as u64 / piece) as u32;
+        let first_whole = |s: &Swarm| {
+            (2..=3).any(|ep| {
+                let (missing, _) = s.nodes[ep - 1].download_demand();
+                (missing > 0 && missing < pieces) || downloaded(s, ep, "f.bin")
+            })
+        };
+        let got_one = swarm.run_until(Duration::from_secs(30), |s| {
+            first_whole(s) || (2..=3).any(|ep| failed(s, ep).is_some())
+        });
+        assert!(
+            got_one,
+            "{paced:?}: no piece within 30 s: {:?}",
+            swarm.net.said
+        );
+        let owner_sent = swarm.net.sent[1];
+        assert!(
+            paced.is_some() || owner_sent < piece + piece / 2,
+            "{paced:?}: the owner had sent {owner_sent} bytes when the first {piece}-byte piece was whole"
+        );
+        let done = swarm.run_until(Duration::from_secs(60), |s| {
+            (2..=3).all(|ep| downloaded(s, ep, "f.bin") || failed(s, ep).is_some())
+        });
+        assert!(
+            done,
+            "{paced:?}: no result within 60 s: {:?}",
+            swarm.net.said
+        );
+        assert_same(&swarm, 2, &file);
+        assert_same(&swarm, 3, &file);
+    }
+}
+
+#[test]
 fn an_owner_that_vanishes_mid_download_leaves_the_rest_to_the_other() {
     let file = file_bytes((6 << 20) + 777, 3);
     let specs = vec![

@@ -281,6 +281,16 @@ impl Node {
                 break;
             };
             let conn = ready[pos];
+            // A block that does not fit waits for the output before it to go: two replies
+            // sharing the uplink both arrive late, where one after the other the first
+            // arrives in half the time and its receiver can forward it that much sooner.
+            let len = match self.conns.get(&conn) {
+                Some(Role::Serve(s, _)) => s.queued_front(index + 1).nth(index).map(|r| r.len),
+                _ => None,
+            };
+            if pending > 0 && pending + len.unwrap_or(0) as usize > SERVE_BUDGET {
+                break;
+            }
             let before = io.pending_out(conn);
             let goes_on = self.serve_queued(io, conn, index);
             let after = io.pending_out(conn);
@@ -397,7 +407,9 @@ pub(super) fn serve_wake_at(
     if scan.pending >= SERVE_BUDGET {
         return scan.ages_out;
     }
-    bucket.map(|b| b.ready_at(now))
+    // With the rate ready now, `serve_blocks` sent whatever fitted: the next block waits
+    // for output to drain, an event of its own, and waking now would only spin.
+    bucket.map(|b| b.ready_at(now)).filter(|&t| t > now)
 }
 
 /// Where the node's uploads stand, as `serve_blocks` and `serve_wake_at` both need it.

@@ -17,8 +17,10 @@
 //!   super-seeding, decided where the bytes leave rather than by withholding `Have`s).
 //!   Ties go round the connections in turn, so nobody waits on another's long queue.
 //!
-//! The budget is small: one 256 KiB block, a quarter of a 1 MiB one (a block is added
-//! while less is pending, so one always fits). The driver reports a drain as soon as a
+//! The budget is small: one 256 KiB block, a quarter of a 1 MiB one. A block is added
+//! only if it fits beside what is pending, or once nothing is: blocks go out one after
+//! another, not two sharing the uplink, so the first arrives in half the time and its
+//! receiver forwards it that much sooner. The driver reports a drain as soon as a
 //! connection's output has all gone to the kernel ([`super::WRITE_LOW_WATER`] is 0), and
 //! the kernel's own queue ([`super::KERNEL_UNSENT`]) keeps a fast link busy meanwhile, so
 //! one block at a time is enough to fill a link and still leaves the choice of the next
