@@ -54,7 +54,7 @@ impl<S: PartStore> Download<S> {
     /// Disconnects `slot` and takes its pieces off the picker: those it was fetching go back
     /// to the queue, those it held no longer count as available. The peer is returned for
     /// the caller's bookkeeping.
-    fn drop_peer(&mut self, slot: SlotId, io: &mut dyn PeerIo) -> Option<Peer> {
+    pub(super) fn drop_peer(&mut self, slot: SlotId, io: &mut dyn PeerIo) -> Option<Peer> {
         let peer = self.peers.remove(&slot)?;
         io.disconnect(slot);
         if let Some(picker) = self.state.picker_mut() {

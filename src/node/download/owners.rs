@@ -39,7 +39,48 @@ impl<S: PartStore> Download<S> {
                     failures: 0,
                 });
         }
+        self.make_room_for_higher_ranked(now, io);
         self.connect_more(now, io);
+    }
+
+    /// With every place taken, lets idle partial owners go for listed owners this download
+    /// ranks higher (`addr_key` under its seed), the lowest ranked first.
+    ///
+    /// A flash crowd is listed over several tracker rounds, and the places fill from the
+    /// first: without this, every download keeps the owners listed first and those listed
+    /// later have nobody asking them for anything. Ranked this way, each download's places
+    /// tend to its own random choice among everyone listed, so every owner is asked by
+    /// about as many as any other. An owner let go ranks below every one taken for it, so
+    /// it is not taken back while they stay.
+    fn make_room_for_higher_ranked(&mut self, now: Instant, io: &mut dyn PeerIo) {
+        if self.peers.len() < self.config.max_peers {
+            return;
+        }
+        let seed = self.shuffle_seed();
+        let connected: HashSet<SocketAddr> = self.peers.values().map(|p| p.addr).collect();
+        let mut higher: Vec<u64> = self
+            .candidates
+            .iter()
+            .filter(|(addr, c)| !connected.contains(addr) && c.retry_at.is_none_or(|t| t <= now))
+            .map(|(addr, _)| addr_key(seed, addr))
+            .collect();
+        if higher.is_empty() {
+            return;
+        }
+        higher.sort_unstable();
+        let mut idle: Vec<(u64, SlotId)> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.requests.is_empty() && !p.has.is_full())
+            .map(|(&slot, p)| (addr_key(seed, &p.addr), slot))
+            .collect();
+        idle.sort_unstable_by(|a, b| b.cmp(a));
+        for ((worst, slot), better) in idle.into_iter().zip(higher) {
+            if better >= worst {
+                break;
+            }
+            self.drop_peer(slot, io);
+        }
     }
 
     /// Opens connections to known owners not yet connected, up to the cap.

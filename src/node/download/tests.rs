@@ -805,6 +805,73 @@ fn requests_spread_over_the_partial_owners_instead_of_filling_the_first_one() {
     assert_eq!(requested_pieces(&mut io, seed), [6, 7]);
 }
 
+/// This download's rank of owner `n` (lower is preferred; see `addr_key`).
+fn rank_of(dl: &Download<MemStore>, info: FileInfo, data: &[u8], n: u16) -> u64 {
+    addr_key(dl.shuffle_seed(), &owner(n, info, data, Acts::Honest).addr)
+}
+
+/// An owner number from 10 on that `dl` ranks below every one of `others`.
+fn ranked_below(dl: &Download<MemStore>, info: FileInfo, data: &[u8], others: &[u16]) -> u16 {
+    let worst = others.iter().map(|&o| rank_of(dl, info, data, o)).max();
+    (10..1000)
+        .find(|&n| Some(rank_of(dl, info, data, n)) > worst)
+        .expect("some owner ranks below")
+}
+
+/// The tracker's list: owner 1 complete, the others partial.
+fn listing(info: FileInfo, data: &[u8], partial: &[u16]) -> Vec<(SocketAddr, bool)> {
+    std::iter::once(1)
+        .chain(partial.iter().copied())
+        .map(|n| (owner(n, info, data, Acts::Honest).addr, n == 1))
+        .collect()
+}
+
+#[test]
+fn an_owner_listed_later_and_ranked_higher_takes_the_place_of_an_idle_partial_owner() {
+    let data = file(8 * PIECE as usize, 7);
+    let info = info_of(&data);
+    let config = DownloadConfig {
+        max_peers: 3,
+        ..DownloadConfig::default()
+    };
+    let mut dl = Download::new("f", "me", config, Instant::now());
+    let mut io = Io::default();
+    let (seed, peers) = seed_and_partials(&mut dl, &mut io, &data, &[&[0, 1], &[]]);
+    let (busy, idle) = (peers[0], peers[1]);
+    assert_eq!(requested_pieces(&mut io, busy), [0, 1]);
+    let owners = |listed: &[(SocketAddr, bool)]| -> Vec<Owner<'static>> {
+        listed
+            .iter()
+            .map(|&(addr, complete)| Owner {
+                node_name: "o",
+                addr,
+                info,
+                complete,
+            })
+            .collect()
+    };
+    let now = Instant::now();
+    // Listed later and ranked below both partial owners: nobody makes room for it.
+    let lower = ranked_below(&dl, info, &data, &[2, 3]);
+    io.connects.clear();
+    dl.handle_owners(now, &owners(&listing(info, &data, &[2, 3, lower])), &mut io);
+    assert!(io.connects.is_empty() && io.closed.is_empty());
+    // Ranked above the idle one (owner 3): it takes that place, the busy one stays.
+    let idle_rank = rank_of(&dl, info, &data, 3);
+    let higher = (10..1000)
+        .find(|&n| rank_of(&dl, info, &data, n) < idle_rank)
+        .expect("some owner ranks higher");
+    dl.handle_owners(
+        now,
+        &owners(&listing(info, &data, &[2, 3, lower, higher])),
+        &mut io,
+    );
+    assert_eq!(io.closed, [idle], "only the idle partial owner goes");
+    let connected: Vec<SocketAddr> = io.connects.iter().map(|&(_, a)| a).collect();
+    assert_eq!(connected, [owner(higher, info, &data, Acts::Honest).addr]);
+    assert!(!io.closed.contains(&seed) && !io.closed.contains(&busy));
+}
+
 #[test]
 fn with_every_place_taken_an_idle_partial_owner_makes_room_for_one_never_tried() {
     let data = file(8 * PIECE as usize, 7);
@@ -818,9 +885,11 @@ fn with_every_place_taken_an_idle_partial_owner_makes_room_for_one_never_tried()
     let (seed, peers) = seed_and_partials(&mut dl, &mut io, &data, &[&[0, 1], &[]]);
     let (busy, idle) = (peers[0], peers[1]);
     assert_eq!(requested_pieces(&mut io, busy), [0, 1]);
-    // A downloader listed a tracker round later: every place is taken.
-    let late = owner(9, info, &data, Acts::Honest);
-    let listed: Vec<Owner<'_>> = [(1, true), (2, false), (3, false), (9, false)]
+    // A downloader listed a tracker round later, ranked below those connected (so its
+    // listing alone changes nothing): every place is taken.
+    let n = ranked_below(&dl, info, &data, &[2, 3]);
+    let late = owner(n, info, &data, Acts::Honest);
+    let listed: Vec<Owner<'_>> = [(1, true), (2, false), (3, false), (n, false)]
         .iter()
         .map(|&(n, complete)| {
             let o = owner(n, info, &data, Acts::Honest);
