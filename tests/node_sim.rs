@@ -132,6 +132,38 @@ fn an_owner_sends_one_piece_after_another_not_two_at_once() {
 }
 
 #[test]
+fn a_crowd_asking_the_owner_for_hashes_is_sent_to_those_it_answered_first() {
+    // 1 MiB in 16 KiB pieces: 2 KiB of hashes each, and the owner answers first asks up to
+    // 16 KiB (a 64th of the file) a second: 8 downloaders; the other 16 take the hashes
+    // from those, and every copy is whole.
+    let file = file_bytes(1 << 20, 8);
+    let mut specs = vec![Spec {
+        piece_size: 16 << 10,
+        ..owner("alice", access(8.0, 32.0, 5), &file)
+    }];
+    let names = [
+        "d01", "d02", "d03", "d04", "d05", "d06", "d07", "d08", "d09", "d10", "d11", "d12", "d13",
+        "d14", "d15", "d16", "d17", "d18", "d19", "d20", "d21", "d22", "d23", "d24",
+    ];
+    specs.extend(names.iter().map(|&n| downloader(n, access(8.0, 32.0, 5))));
+    let mut swarm = Swarm::new(access(100.0, 100.0, 1), specs);
+    let eps = 2..=names.len() + 1;
+    let done = swarm.run_until(Duration::from_secs(120), |s| {
+        eps.clone()
+            .all(|ep| downloaded(s, ep, "f.bin") || failed(s, ep).is_some())
+    });
+    assert!(done, "no result within 120 s: {:?}", swarm.net.said);
+    for ep in eps {
+        assert_same(&swarm, ep, &file);
+    }
+    let turned_down = swarm.nodes[0].hash_requests_turned_down();
+    assert!(
+        turned_down >= 16,
+        "the owner turned down {turned_down} first hash requests of 24"
+    );
+}
+
+#[test]
 fn an_owner_that_vanishes_mid_download_leaves_the_rest_to_the_other() {
     let file = file_bytes((6 << 20) + 777, 3);
     let specs = vec![

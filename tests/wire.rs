@@ -111,6 +111,11 @@ fn samples() -> Vec<Message<'static>> {
             first: 10,
             hashes: &[9; 64],
         },
+        Message::Hashes {
+            root: ROOT,
+            first: 10,
+            hashes: &[],
+        },
         Message::Error {
             code: ErrorCode::NotFound,
             reason: "no such file",
@@ -609,10 +614,11 @@ fn length_and_count_fields() {
         decode_err(kind::HASHES, &hashes(33)),
         bf("hashes length not a multiple of 32")
     );
-    assert_eq!(
-        decode_err(kind::HASHES, &hashes(0)),
-        bf("hash count not in 1..=MAX_HASHES_PER_FRAME")
-    );
+    // No hashes at all is a turn-down, not a malformed frame.
+    assert!(matches!(
+        dec(&frame(kind::HASHES, &hashes(0))),
+        Ok(Decoded::Frame(Message::Hashes { hashes, .. }, _)) if hashes.is_empty()
+    ));
     assert_eq!(
         decode_err(kind::FILE_COMMUNICATION, &cat(&[&ROOT, &[0; 8]])),
         bf("block data length not in 1..=MAX_BLOCK_LEN")
@@ -913,7 +919,7 @@ fn valid_message() -> impl Strategy<Value = Message<'static>> {
             .prop_filter("in range", |(_, f, c)| u64::from(*f) + u64::from(*c)
                 <= 1 << 32)
             .prop_map(|(root, first, count)| Message::HashRequest { root, first, count }),
-        (root(), 0..u32::MAX - 64, 1usize..64).prop_map(|(root, first, n)| Message::Hashes {
+        (root(), 0..u32::MAX - 64, 0usize..64).prop_map(|(root, first, n)| Message::Hashes {
             root,
             first,
             hashes: leak_bytes(vec![n as u8; n * 32]),

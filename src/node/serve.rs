@@ -65,7 +65,14 @@ pub struct ServeConn {
     backlog_since: Option<Instant>,
     /// Pending output when last looked at, to tell a backlog that moves from one that does not.
     backlog_last: usize,
+    /// Whether this peer's hash requests are answered, decided at its first (see
+    /// [`ServeConn::answers_hashes`]), and when.
+    hash_verdict: Option<(bool, Instant)>,
 }
+
+/// A turned-down first hash request turns down the others sent with it (a file of more
+/// than one frame of hashes is asked in several at once) for this long, not a later ask.
+const HASH_TURN_DOWN_SPAN: Duration = Duration::from_millis(50);
 
 impl ServeConn {
     /// A fresh connection.
@@ -105,6 +112,36 @@ impl ServeConn {
     /// When this peer's current backlog stops counting against the budget, if it counts now.
     pub fn backlog_counts_until(&self, slow_after: Duration) -> Option<Instant> {
         self.backlog_since.map(|since| since + slow_after)
+    }
+
+    /// Whether to answer this peer's hash request now: at its first, as `first` decides;
+    /// later, yes, but for the requests sent along with a first that was turned down. So a
+    /// downloader turned down and asking again is answered.
+    pub fn answers_hashes(&mut self, now: Instant, first: impl FnOnce() -> bool) -> bool {
+        match self.hash_verdict {
+            None => {
+                let answer = first();
+                self.hash_verdict = Some((answer, now));
+                answer
+            }
+            Some((false, at)) if now.saturating_duration_since(at) < HASH_TURN_DOWN_SPAN => false,
+            Some(_) => {
+                self.hash_verdict = Some((true, now));
+                true
+            }
+        }
+    }
+
+    /// Turns a hash request down: a `Hashes` with none sends the peer to another owner.
+    pub fn turn_down_hashes(&self, root: &RootHash, first: u32, out: &mut Vec<u8>) {
+        send(
+            out,
+            &Message::Hashes {
+                root: *root,
+                first,
+                hashes: &[],
+            },
+        );
     }
 
     /// Requests waiting to be served.

@@ -85,7 +85,7 @@ pub fn decode_payload(kind: u8, payload: &[u8]) -> Result<Message<'_>, WireError
             if hashes.len() % 32 != 0 {
                 return Err(WireError::BadField("hashes length not a multiple of 32"));
             }
-            check_hash_range(first, (hashes.len() / 32) as u32)?;
+            check_hashes_range(first, (hashes.len() / 32) as u32)?;
             Message::Hashes {
                 root,
                 first,
@@ -122,6 +122,15 @@ pub(crate) fn check_hash_range(first: u32, count: u32) -> Result<(), WireError> 
         return Err(WireError::BadField("hash range past the last piece index"));
     }
     Ok(())
+}
+
+/// The range of a `Hashes` answer: as a request's, except that it may be empty (the
+/// request is turned down: ask another owner).
+pub(crate) fn check_hashes_range(first: u32, count: u32) -> Result<(), WireError> {
+    if count == 0 {
+        return Ok(());
+    }
+    check_hash_range(first, count)
 }
 
 fn node_to_tracker<'a>(r: &mut Reader<'a>) -> Result<NodeToTracker<'a>, WireError> {

@@ -6,7 +6,7 @@
 use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 
-use super::decode::{check_hash_range, check_spare_bits, FILE_INFO_LEN};
+use super::decode::{check_hash_range, check_hashes_range, check_spare_bits, FILE_INFO_LEN};
 use super::frame::{kind, put_crc, put_header};
 use super::{
     check_name, FileInfo, Message, NodeToTracker, RootHash, SizeInformation, WireError,
@@ -328,7 +328,7 @@ fn put_payload(msg: &Message<'_>, out: &mut Vec<u8>) -> Result<(), WireError> {
                 return Err(WireError::BadField("hashes length not a multiple of 32"));
             }
             let count = u32::try_from(hashes.len() / 32).unwrap_or(u32::MAX);
-            check_hash_range(*first, count)?;
+            check_hashes_range(*first, count)?;
             out.extend_from_slice(root);
             put_u32(out, *first);
             out.extend_from_slice(hashes);

@@ -184,7 +184,9 @@ pub enum Message<'a> {
         /// How many hashes, at most `MAX_HASHES_PER_FRAME`.
         count: u32,
     },
-    /// Peer → peer: piece hashes starting at `first`, 32 bytes each.
+    /// Peer → peer: piece hashes starting at `first`, 32 bytes each. None at all turns the
+    /// request down: an original owner busy handing out pieces nobody else has sends the
+    /// crowd to those who already hold the hashes (asked again, it answers).
     Hashes {
         /// The file version.
         root: RootHash,

@@ -62,7 +62,7 @@
 //! | 6 | Cancel | as Request (downloader → owner: withdrawn; owner → downloader: turned down) |
 //! | 7 | HavePiece | root, piece u32 |
 //! | 8 | HashRequest | root, first u32, count u32 (1..=32768; `first + count ≤ 2³²`) |
-//! | 9 | Hashes | root, first u32, hashes: the rest, 32 bytes each (1..=32768 of them; `first + count ≤ 2³²`) |
+//! | 9 | Hashes | root, first u32, hashes: the rest, 32 bytes each (0..=32768 of them; `first + count ≤ 2³²`; none: the request is turned down, ask another owner) |
 //! | 10 | Error | code u8 (1 NotFound, 2 Refused, 3 BadRequest, 4 BadName, 5 Protocol), reason |
 //! | 11 | KeepAlive | empty |
 //!

@@ -4,7 +4,9 @@
 use super::*;
 
 impl<S: PartStore> Download<S> {
-    /// Asks one ready owner for every piece hash not yet received.
+    /// Asks one ready owner for every piece hash not yet received: a partial owner if there
+    /// is one (an original owner's uplink is for the pieces nobody else has), never one
+    /// that just turned us down.
     pub(super) fn request_hashes(&mut self, now: Instant, io: &mut dyn PeerIo) {
         let State::Hashes(fetch) = &mut self.state else {
             return;
@@ -15,7 +17,8 @@ impl<S: PartStore> Download<S> {
         let Some((&slot, peer)) = self
             .peers
             .iter_mut()
-            .find(|(_, p)| p.phase == PeerPhase::Ready)
+            .filter(|(slot, p)| p.phase == PeerPhase::Ready && !fetch.turned_down.contains(slot))
+            .min_by_key(|(_, p)| p.has.is_full())
         else {
             return;
         };
@@ -45,6 +48,18 @@ impl<S: PartStore> Download<S> {
         }
     }
 
+    /// With nobody asked for the hashes because every ready owner turned us down, asks
+    /// them again (on the tick: an owner answers a second ask).
+    pub(super) fn retry_turned_down_hashes(&mut self, now: Instant, io: &mut dyn PeerIo) {
+        let State::Hashes(fetch) = &mut self.state else {
+            return;
+        };
+        if fetch.source.is_none() && !fetch.turned_down.is_empty() {
+            fetch.turned_down.clear();
+            self.request_hashes(now, io);
+        }
+    }
+
     /// Hashes arrived from `slot`; once all are in and hash to the root, storage is asked for.
     pub(super) fn on_hashes(
         &mut self,
@@ -62,6 +77,18 @@ impl<S: PartStore> Download<S> {
             return;
         }
         let info = fetch.info;
+        if *root == info.root && hashes.is_empty() {
+            // Turned down: this owner is busy with pieces only it has; others hold the
+            // hashes, or it answers when asked again (`retry_turned_down_hashes`).
+            fetch.turned_down.push(slot);
+            fetch.source = None;
+            fetch.asked.clear();
+            if let Some(peer) = self.peers.get_mut(&slot) {
+                peer.last_progress = now;
+            }
+            self.request_hashes(now, io);
+            return;
+        }
         let count = hashes.len() / 32;
         let fits = (first as usize)
             .checked_add(count)

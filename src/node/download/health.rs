@@ -145,6 +145,7 @@ impl<S: PartStore> Download<S> {
             let why = format!("no answer for {:.1} s", quiet.as_secs_f64());
             self.lose_peer(now, slot, Some(&why), io);
         }
+        self.retry_turned_down_hashes(now, io);
         self.rotate_peers(now, io);
         self.connect_more(now, io);
         self.check_version(now, io);

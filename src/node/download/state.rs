@@ -22,6 +22,9 @@ pub(super) struct HashFetch {
     pub(super) source: Option<SlotId>,
     /// Ranges (first, count) asked of `source` and not yet answered.
     pub(super) asked: Vec<(u32, u32)>,
+    /// Owners that turned our hash request down lately: asked again only when nobody else
+    /// is there to ask, on the next tick.
+    pub(super) turned_down: Vec<SlotId>,
     /// When the version was chosen or last got hashes it needed (an answer to the size
     /// question alone proves nothing: anyone can echo the layout back).
     pub(super) progress_at: Instant,

@@ -1064,3 +1064,97 @@ fn verdicts_for_a_version_given_up_are_ignored() {
     assert_eq!(out.bytes, real);
     assert!(out.rejected >= 2, "{} rejected", out.rejected);
 }
+
+/// Lists owners `(n, complete)` to `dl` (a partial one holding nothing) and has each one
+/// it connects to answer the size question; returns the slots of those, in connect order.
+fn ready_owners(
+    dl: &mut Download<MemStore>,
+    io: &mut Io,
+    data: &[u8],
+    listed: &[(u16, bool)],
+    now: Instant,
+) -> Vec<SlotId> {
+    let info = info_of(data);
+    let owners: Vec<Owner<'_>> = listed
+        .iter()
+        .map(|&(n, complete)| Owner {
+            node_name: "o",
+            addr: owner(n, info, data, Acts::Honest).addr,
+            info,
+            complete,
+        })
+        .collect();
+    let before = io.connects.len();
+    dl.handle_owners(now, &owners, io);
+    let new: Vec<(SlotId, SocketAddr)> = io.connects[before..].to_vec();
+    let pieces = info.layout().piece_count();
+    let mut slots = Vec::new();
+    for (slot, addr) in new {
+        slots.push(slot);
+        let complete = owners.iter().any(|o| o.addr == addr && o.complete);
+        let has = if complete {
+            Bitfield::full(pieces)
+        } else {
+            Bitfield::new(pieces)
+        };
+        dl.handle_connected(now, slot, io);
+        let answer = Message::SizeInformation(SizeInformation::Answer {
+            name: "f",
+            info,
+            have: has.as_bytes(),
+        });
+        dl.handle_message(now, slot, &answer, io);
+    }
+    slots
+}
+
+/// True if `slot` was asked for hashes since its frames were last looked at.
+fn asked_hashes(io: &mut Io, slot: SlotId) -> bool {
+    frames_to(io, slot)
+        .iter()
+        .any(|f| matches!(decoded(f), Message::HashRequest { .. }))
+}
+
+#[test]
+fn a_hash_request_turned_down_goes_to_a_partial_owner_or_back_to_the_owner_a_tick_later() {
+    let data = file(8 * PIECE as usize, 8);
+    let info = info_of(&data);
+    let turned_down = Message::Hashes {
+        root: info.root,
+        first: 0,
+        hashes: &[],
+    };
+    let t0 = Instant::now();
+
+    // With nobody else to ask, the owner that turned us down is asked again on the tick.
+    let mut dl = download();
+    let mut io = Io::default();
+    let seed = ready_owners(&mut dl, &mut io, &data, &[(1, true)], t0)[0];
+    assert!(asked_hashes(&mut io, seed));
+    dl.handle_message(t0, seed, &turned_down, &mut io);
+    assert!(!asked_hashes(&mut io, seed), "not asked again at once");
+    assert!(io.closed.is_empty(), "a turn-down is no fault");
+    dl.handle_timeout(t0 + Duration::from_millis(300), &mut io);
+    assert!(asked_hashes(&mut io, seed), "asked again a tick later");
+    assert_eq!(dl.phase(), Phase::Hashes);
+
+    // A partial owner that turns up meanwhile is asked instead.
+    let mut dl = download();
+    let mut io = Io::default();
+    let seed = ready_owners(&mut dl, &mut io, &data, &[(1, true)], t0)[0];
+    assert!(asked_hashes(&mut io, seed));
+    dl.handle_message(t0, seed, &turned_down, &mut io);
+    let later = t0 + Duration::from_millis(100);
+    let partial = ready_owners(&mut dl, &mut io, &data, &[(1, true), (2, false)], later)[0];
+    assert!(asked_hashes(&mut io, partial), "the partial owner is asked");
+    assert!(!asked_hashes(&mut io, seed));
+    // Its answer is taken: the download goes on to storage.
+    let hashes: Vec<Hash> = data.chunks(PIECE as usize).map(hash_piece).collect();
+    let answer = Message::Hashes {
+        root: info.root,
+        first: 0,
+        hashes: hashes.as_flattened(),
+    };
+    dl.handle_message(later, partial, &answer, &mut io);
+    assert_ne!(dl.phase(), Phase::Hashes);
+}

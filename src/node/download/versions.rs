@@ -207,6 +207,7 @@ impl<S: PartStore> Download<S> {
                 got: Vec::new(),
                 source: None,
                 asked: Vec::new(),
+                turned_down: Vec::new(),
                 progress_at: now,
             })
         };

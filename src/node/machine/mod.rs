@@ -17,6 +17,7 @@
 
 mod clock;
 mod effects;
+mod hash_asks;
 mod sharing;
 mod tracker_link;
 mod transfers;
@@ -168,6 +169,8 @@ pub struct Node {
     stopping: bool,
     /// Which queued block goes out next, node-wide.
     uploads: uploads::Uploads,
+    /// First hash requests answered lately (an original owner sends a crowd elsewhere).
+    hash_asks: hash_asks::HashAsks,
     /// When the tracker keep-alive and the idle sweep are next due.
     housekeep_at: Instant,
     /// Whole pieces handed to the disk thread to verify and write, verdict not in yet.
@@ -209,6 +212,7 @@ impl Node {
             },
             stopping: false,
             uploads: uploads::Uploads::default(),
+            hash_asks: hash_asks::HashAsks::default(),
             housekeep_at: now + KEEPALIVE_EVERY,
             verifying: 0,
             held: Vec::new(),
@@ -240,6 +244,12 @@ impl Node {
     /// soon); see `turndown`.
     pub fn turned_down(&self) -> (u64, u64) {
         self.uploads.turned_down
+    }
+
+    /// First hash requests this node turned down so far, sending the downloader to others
+    /// (see `hash_asks`).
+    pub fn hash_requests_turned_down(&self) -> u64 {
+        self.hash_asks.turned_down
     }
 
     /// Pieces this node has uploaded at least once, over every version it serves (for

@@ -241,6 +241,20 @@ impl Node {
             return;
         };
         *last_heard = self.now;
+        if let Message::HashRequest { root, first, count } = msg {
+            let whole = shared_by_root(&self.shared, root).map(|s| s.info.size);
+            let asks = &mut self.hash_asks;
+            let now = self.now;
+            let reply = u64::from(*count) * 32;
+            let first_answered =
+                || whole.is_none_or(|size| asks.answer_first(root, now, reply, size));
+            if !serve.answers_hashes(now, first_answered) {
+                if let Some(out) = io.out_buf(conn) {
+                    serve.turn_down_hashes(root, *first, out);
+                }
+                return;
+            }
+        }
         let lib = Lib {
             shared: &self.shared,
             downloads: &self.downloads,
