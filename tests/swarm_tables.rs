@@ -38,13 +38,21 @@
 //!   (4 per 250 ms): 1,000 at 2.31x (paced 1.79x), the owner sending 1.92 files instead of
 //!   2.37; with `SHOAL_TABLE_MIB=32`, 1,000 at 1.99x, 100 at 1.28x.
 //!
-//! What is left shows at 1,000. The owner's uplink first carries every downloader's piece
-//! hashes (1 KiB each for 8 MiB, 4 KiB for 32 MiB: 0.13 s and 0.5 s of it), all at once.
-//! Then pieces spread unevenly: a downloader finds some of the pieces it misses at none of
-//! its partial owners, and requests for the few holders of those go back and forth. At
-//! 32 MiB the crowd's uplinks run at 96 % until the owner has nothing more asked of it,
-//! then at 21 % for the last 2.5 s: each downloader waits on a dozen pieces at a few
-//! busy holders.
+//! - since blocks go out one after another, an owner listed later and ranked higher takes
+//!   an idle partial owner's place, a partial owner keeps three pieces' worth of requests,
+//!   and an original owner answers first hash requests up to a 64th of the file a second
+//!   (the rest ask partial owners): 16 at 1.51x (paced 1.42x), 100 at 1.80x (1.63x), 1,000
+//!   at 2.10x (1.93x); with `SHOAL_TABLE_MIB=32`, 16 at 1.14x, 100 at 1.24x, 1,000 at
+//!   1.35x, the owner sending 1.20 files.
+//!
+//! What is left. At 8 MiB (32 pieces) a piece spreads from holder to holder about every
+//! 50 ms: 31 ms to send it at R, plus the announcement and the request, a round trip of
+//! 20 ms here. The owner's last new piece leaves at about 1.1 s and needs ten such steps
+//! to reach 1,000 nodes; at 1.05 s a downloader still missed 21 pieces of which 12 were at
+//! none of its 64 owners (the young ones). Paced, the 1,000-node crowd lost ground
+//! (1.79x before) to the hash turn-downs: there the hashes go out at the link's speed,
+//! not the paced rate, so the owner saves less than the downloaders sent elsewhere lose
+//! by joining the mesh a tracker round later.
 
 // Each test binary uses its own part of the simulator.
 #[allow(dead_code)]
