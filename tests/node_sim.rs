@@ -132,6 +132,27 @@ fn an_owner_sends_one_piece_after_another_not_two_at_once() {
 }
 
 #[test]
+fn a_downloader_on_a_slow_link_does_not_hold_the_owner_back_from_a_fast_one() {
+    // A block to the slow one takes half a second to drain; the block after it, to the
+    // fast one, waits for it only as long as the owner's own uplink would take.
+    let file = file_bytes(2 << 20, 9);
+    let specs = vec![
+        owner("alice", access(8.0, 100.0, 5), &file),
+        downloader("slow", access(8.0, 0.5, 5)),
+        downloader("fast", access(8.0, 100.0, 5)),
+    ];
+    let mut swarm = Swarm::new(access(100.0, 100.0, 1), specs);
+    let done = swarm.run_until(Duration::from_secs(60), |s| {
+        downloaded(s, 3, "f.bin") || failed(s, 3).is_some()
+    });
+    assert!(done, "no result within 60 s: {:?}", swarm.net.said);
+    assert_same(&swarm, 3, &file);
+    let took = swarm.took(3).expect("a completion time");
+    // F/R is 0.25 s; the slow one alone would take 4 s to take the file in.
+    assert!(took < 1.0, "the fast downloader took {took:.2} s");
+}
+
+#[test]
 fn a_crowd_asking_the_owner_for_hashes_is_sent_to_those_it_answered_first() {
     // 1 MiB in 16 KiB pieces: 2 KiB of hashes each, and the owner answers first asks up to
     // 16 KiB (a 64th of the file) a second: 8 downloaders; the other 16 take the hashes

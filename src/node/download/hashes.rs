@@ -3,6 +3,11 @@
 
 use super::*;
 
+/// A download turned down for the hashes by every ready owner asks again on a tick at
+/// least this long after the last turn-down: past the span an owner turns down the
+/// requests sent along with one (`serve::HASH_TURN_DOWN_SPAN`, 50 ms).
+const HASH_RETRY_AFTER: Duration = Duration::from_millis(100);
+
 impl<S: PartStore> Download<S> {
     /// Asks one ready owner for every piece hash not yet received: a partial owner if there
     /// is one (an original owner's uplink is for the pieces nobody else has), never one
@@ -54,7 +59,11 @@ impl<S: PartStore> Download<S> {
         let State::Hashes(fetch) = &mut self.state else {
             return;
         };
-        if fetch.source.is_none() && !fetch.turned_down.is_empty() {
+        // Not before the owner's turn-down of a burst has ended (`HASH_RETRY_AFTER`).
+        let waited = fetch
+            .turned_down_at
+            .is_some_and(|at| now.saturating_duration_since(at) >= HASH_RETRY_AFTER);
+        if fetch.source.is_none() && !fetch.turned_down.is_empty() && waited {
             fetch.turned_down.clear();
             self.request_hashes(now, io);
         }
@@ -79,8 +88,14 @@ impl<S: PartStore> Download<S> {
         let info = fetch.info;
         if *root == info.root && hashes.is_empty() {
             // Turned down: this owner is busy with pieces only it has; others hold the
-            // hashes, or it answers when asked again (`retry_turned_down_hashes`).
+            // hashes, or it answers when asked again (`retry_turned_down_hashes`). Only an
+            // owner of the whole file turns down: a partial one has nothing else to send.
+            if self.peers.get(&slot).is_some_and(|p| !p.has.is_full()) {
+                self.lose_peer(now, slot, Some("turned down a hash request"), io);
+                return;
+            }
             fetch.turned_down.push(slot);
+            fetch.turned_down_at = Some(now);
             fetch.source = None;
             fetch.asked.clear();
             if let Some(peer) = self.peers.get_mut(&slot) {

@@ -52,8 +52,11 @@ impl<S: PartStore> Download<S> {
     /// tend to its own random choice among everyone listed, so every owner is asked by
     /// about as many as any other. An owner let go ranks below every one taken for it, so
     /// it is not taken back while they stay.
+    ///
+    /// Only while fetching pieces: before, an idle partial owner may be the one asked for
+    /// the hashes.
     fn make_room_for_higher_ranked(&mut self, now: Instant, io: &mut dyn PeerIo) {
-        if self.peers.len() < self.config.max_peers {
+        if self.peers.len() < self.config.max_peers || !matches!(self.state, State::Pieces(_)) {
             return;
         }
         let seed = self.shuffle_seed();
@@ -71,7 +74,9 @@ impl<S: PartStore> Download<S> {
         let mut idle: Vec<(u64, SlotId)> = self
             .peers
             .iter()
-            .filter(|(_, p)| p.requests.is_empty() && !p.has.is_full())
+            .filter(|(_, p)| {
+                p.phase == PeerPhase::Ready && p.requests.is_empty() && !p.has.is_full()
+            })
             .map(|(&slot, p)| (addr_key(seed, &p.addr), slot))
             .collect();
         idle.sort_unstable_by(|a, b| b.cmp(a));

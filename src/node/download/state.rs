@@ -25,6 +25,8 @@ pub(super) struct HashFetch {
     /// Owners that turned our hash request down lately: asked again only when nobody else
     /// is there to ask, on the next tick.
     pub(super) turned_down: Vec<SlotId>,
+    /// When the last of them turned us down.
+    pub(super) turned_down_at: Option<Instant>,
     /// When the version was chosen or last got hashes it needed (an answer to the size
     /// question alone proves nothing: anyone can echo the layout back).
     pub(super) progress_at: Instant,

@@ -1158,3 +1158,65 @@ fn a_hash_request_turned_down_goes_to_a_partial_owner_or_back_to_the_owner_a_tic
     dl.handle_message(later, partial, &answer, &mut io);
     assert_ne!(dl.phase(), Phase::Hashes);
 }
+
+#[test]
+fn while_the_hashes_are_fetched_a_higher_ranked_listing_leaves_the_hash_source_alone() {
+    let data = file(8 * PIECE as usize, 9);
+    let info = info_of(&data);
+    let config = DownloadConfig {
+        max_peers: 2,
+        ..DownloadConfig::default()
+    };
+    let mut dl = Download::new("f", "me", config, Instant::now());
+    let mut io = Io::default();
+    let t0 = Instant::now();
+    // The partial owner, alone at first, is asked for the hashes; the seed takes the
+    // other place.
+    let source = ready_owners(&mut dl, &mut io, &data, &[(2, false)], t0)[0];
+    assert!(asked_hashes(&mut io, source));
+    ready_owners(&mut dl, &mut io, &data, &[(2, false), (1, true)], t0);
+    let source_rank = rank_of(&dl, info, &data, 2);
+    let higher = (10..1000)
+        .find(|&n| rank_of(&dl, info, &data, n) < source_rank)
+        .expect("some owner ranks higher");
+    ready_owners(
+        &mut dl,
+        &mut io,
+        &data,
+        &[(2, false), (1, true), (higher, false)],
+        t0,
+    );
+    assert!(
+        io.closed.is_empty(),
+        "the hash source stays: {:?}",
+        io.closed
+    );
+    let hashes: Vec<Hash> = data.chunks(PIECE as usize).map(hash_piece).collect();
+    let answer = Message::Hashes {
+        root: info.root,
+        first: 0,
+        hashes: hashes.as_flattened(),
+    };
+    dl.handle_message(t0, source, &answer, &mut io);
+    assert_ne!(dl.phase(), Phase::Hashes, "its answer is taken");
+}
+
+#[test]
+fn a_partial_owner_that_turns_a_hash_request_down_is_dropped() {
+    // Only an owner of the whole file has pieces of its own to send instead; a partial
+    // one turning down again and again would hold its place for nothing.
+    let data = file(8 * PIECE as usize, 10);
+    let info = info_of(&data);
+    let mut dl = download();
+    let mut io = Io::default();
+    let t0 = Instant::now();
+    let partial = ready_owners(&mut dl, &mut io, &data, &[(2, false)], t0)[0];
+    assert!(asked_hashes(&mut io, partial));
+    let turned_down = Message::Hashes {
+        root: info.root,
+        first: 0,
+        hashes: &[],
+    };
+    dl.handle_message(t0, partial, &turned_down, &mut io);
+    assert_eq!(io.closed, [partial]);
+}

@@ -208,6 +208,7 @@ impl<S: PartStore> Download<S> {
                 source: None,
                 asked: Vec::new(),
                 turned_down: Vec::new(),
+                turned_down_at: None,
                 progress_at: now,
             })
         };

@@ -83,7 +83,10 @@ impl Node {
                 consider(t.started + self.config.download.no_source_timeout);
             }
         }
-        if let Some(t) = sharing::serve_wake_at(io, &mut self.conns, self.bucket.as_mut(), now) {
+        let held_until = self.uploads.holds_back(io, now);
+        if let Some(t) =
+            sharing::serve_wake_at(io, &mut self.conns, self.bucket.as_mut(), held_until, now)
+        {
             consider(t);
         }
         next

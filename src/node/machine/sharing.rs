@@ -242,12 +242,19 @@ impl Node {
         };
         *last_heard = self.now;
         if let Message::HashRequest { root, first, count } = msg {
-            let whole = shared_by_root(&self.shared, root).map(|s| s.info.size);
+            // Only what the range holds counts (a request past the end is refused below).
+            let whole = shared_by_root(&self.shared, root).map(|s| {
+                let pieces = s.info.layout().piece_count();
+                let valid = pieces.saturating_sub(*first).min(*count);
+                (s.info.size, u64::from(valid) * 32)
+            });
             let asks = &mut self.hash_asks;
             let now = self.now;
-            let reply = u64::from(*count) * 32;
-            let first_answered =
-                || whole.is_none_or(|size| asks.answer_first(root, now, reply, size));
+            let first_answered = || {
+                whole.is_none_or(|(size, reply)| {
+                    reply == 0 || asks.answer_first(root, now, reply, size)
+                })
+            };
             if !serve.answers_hashes(now, first_answered) {
                 if let Some(out) = io.out_buf(conn) {
                     serve.turn_down_hashes(root, *first, out);
@@ -295,14 +302,15 @@ impl Node {
                 break;
             };
             let conn = ready[pos];
-            // A block that does not fit waits for the output before it to go: two replies
-            // sharing the uplink both arrive late, where one after the other the first
-            // arrives in half the time and its receiver can forward it that much sooner.
+            // A block that does not fit beside what is pending waits while the one handed
+            // out before it holds it back (`Uploads::holds_back`).
             let len = match self.conns.get(&conn) {
                 Some(Role::Serve(s, _)) => s.queued_front(index + 1).nth(index).map(|r| r.len),
                 _ => None,
             };
-            if pending > 0 && pending + len.unwrap_or(0) as usize > SERVE_BUDGET {
+            if pending + len.unwrap_or(0) as usize > SERVE_BUDGET
+                && self.uploads.holds_back(io, self.now).is_some()
+            {
                 break;
             }
             let before = io.pending_out(conn);
@@ -347,6 +355,7 @@ impl Node {
                         self.uploads.record(&request.root, request.piece, pieces);
                     }
                     self.uploads.note_sent(now, u64::from(sent));
+                    self.uploads.handed_out(conn, sent, now);
                     return true;
                 }
                 Ok(Served::NotCached) => {
@@ -412,6 +421,7 @@ pub(super) fn serve_wake_at(
     io: &dyn NodeIo,
     conns: &mut BTreeMap<ConnId, Role>,
     bucket: Option<&mut TokenBucket>,
+    held_until: Option<Instant>,
     now: Instant,
 ) -> Option<Instant> {
     let scan = scan_uploads(io, conns, now);
@@ -421,9 +431,12 @@ pub(super) fn serve_wake_at(
     if scan.pending >= SERVE_BUDGET {
         return scan.ages_out;
     }
-    // With the rate ready now, `serve_blocks` sent whatever fitted: the next block waits
-    // for output to drain, an event of its own, and waking now would only spin.
-    bucket.map(|b| b.ready_at(now)).filter(|&t| t > now)
+    // With the rate ready now, `serve_blocks` sent whatever fitted; the next block waits
+    // for output to drain (an event of its own), for the block before to stop holding it
+    // back, or for a backlog to stop counting. Waking at a time already past would spin.
+    let rate = bucket.map(|b| b.ready_at(now)).filter(|&t| t > now);
+    let backlog = scan.ages_out.filter(|_| scan.pending > 0);
+    [rate, held_until, backlog].into_iter().flatten().min()
 }
 
 /// Where the node's uploads stand, as `serve_blocks` and `serve_wake_at` both need it.

@@ -17,10 +17,11 @@
 //!   super-seeding, decided where the bytes leave rather than by withholding `Have`s).
 //!   Ties go round the connections in turn, so nobody waits on another's long queue.
 //!
-//! The budget is small: one 256 KiB block, a quarter of a 1 MiB one. A block is added
-//! only if it fits beside what is pending, or once nothing is: blocks go out one after
-//! another, not two sharing the uplink, so the first arrives in half the time and its
-//! receiver forwards it that much sooner. The driver reports a drain as soon as a
+//! The budget is small: one 256 KiB block, a quarter of a 1 MiB one. A block that does
+//! not fit beside what is pending waits while the one handed out before it is still going
+//! out ([`Uploads::holds_back`]): blocks go out one after another, not two sharing the
+//! uplink, so the first arrives in half the time and its receiver forwards it that much
+//! sooner. The driver reports a drain as soon as a
 //! connection's output has all gone to the kernel ([`super::WRITE_LOW_WATER`] is 0), and
 //! the kernel's own queue ([`super::KERNEL_UNSENT`]) keeps a fast link busy meanwhile, so
 //! one block at a time is enough to fill a link and still leaves the choice of the next
@@ -62,7 +63,16 @@ pub(super) struct Uploads {
     sample: (u64, Option<Instant>),
     /// Requests turned down so far: for waiting too long, and for more waiting than sends soon.
     pub(super) turned_down: (u64, u64),
+    /// The block handed out last: its connection, and until when it may hold the next
+    /// block back (see [`Uploads::holds_back`]).
+    last_block: Option<(ConnId, Instant)>,
 }
+
+/// A block handed out holds the next one back for at most this many times what it takes
+/// to send at the measured rate: a receiver slower than our uplink must not hold it idle.
+pub(super) const HOLD_FACTOR: f64 = 1.5;
+/// ... or for this long before the rate is measured.
+pub(super) const HOLD_UNMEASURED: Duration = Duration::from_millis(50);
 
 impl Uploads {
     /// Blocks of `piece` this node has sent.
@@ -102,6 +112,27 @@ impl Uploads {
             };
             self.sample = (0, Some(now));
         }
+    }
+
+    /// Notes a block of `len` bytes handed to `conn` now: the next one waits for it to go
+    /// (or for its hold to end) unless both fit in the budget.
+    pub(super) fn handed_out(&mut self, conn: ConnId, len: u32, now: Instant) {
+        let hold = if self.rate > 0.0 {
+            Duration::from_secs_f64(f64::from(len) / self.rate * HOLD_FACTOR)
+        } else {
+            HOLD_UNMEASURED
+        };
+        self.last_block = Some((conn, now + hold));
+    }
+
+    /// Until when the block handed out last holds the next back: while its output is still
+    /// pending and its hold lasts. One after the other, the first of two blocks arrives in
+    /// half the time it takes when both share the uplink, and its receiver can forward it
+    /// that much sooner; a receiver slower than the uplink only holds it for a while.
+    pub(super) fn holds_back(&self, io: &dyn NodeIo, now: Instant) -> Option<Instant> {
+        self.last_block
+            .filter(|&(conn, until)| until > now && io.pending_out(conn) > 0)
+            .map(|(_, until)| until)
     }
 
     /// Block bytes this node has been sending per second (0 until it has sent for a while).
