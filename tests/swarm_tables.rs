@@ -41,16 +41,17 @@
 //! - since blocks go out one after another, an owner listed later and ranked higher takes
 //!   an idle partial owner's place, a partial owner keeps three pieces' worth of requests,
 //!   and an original owner answers first hash requests up to a 64th of the file a second
-//!   (the rest ask partial owners): 16 at 1.51x (paced 1.42x), 100 at 1.80x (1.63x), 1,000
-//!   at 2.10x (1.93x); with `SHOAL_TABLE_MIB=32`, 16 at 1.14x, 100 at 1.24x, 1,000 at
-//!   1.35x, the owner sending 1.20 files.
+//!   (the rest ask partial owners), a block holding the next back only while it goes out
+//!   at about the uplink's pace: 16 at 1.54x (paced 1.47x), 100 at 1.82x (1.60x), 1,000 at
+//!   2.09x (1.95x); with `SHOAL_TABLE_MIB=32`, 16 at 1.14x, 100 at 1.26x, 1,000 at 1.35x
+//!   (before the hold's bound), the owner sending 1.20 files.
 //!
 //! What is left. At 8 MiB (32 pieces) a piece spreads from holder to holder about every
 //! 50 ms: 31 ms to send it at R, plus the announcement and the request, a round trip of
 //! 20 ms here. The owner's last new piece leaves at about 1.1 s and needs ten such steps
 //! to reach 1,000 nodes; at 1.05 s a downloader still missed 21 pieces of which 12 were at
 //! none of its 64 owners (the young ones). Paced, the 1,000-node crowd lost ground:
-//! 1.79x before, 1.84x with the first three changes, 1.93x with the hash turn-downs. There
+//! 1.79x before, 1.84x with the first three changes, 1.93–1.95x with the hash turn-downs. There
 //! hashes go out at the link's speed (they bypass the rate limit), so the owner saves
 //! less than the downloaders sent elsewhere lose by joining the mesh a tracker round later.
 
