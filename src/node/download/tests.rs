@@ -819,53 +819,50 @@ fn ranked_below(dl: &Download<MemStore>, info: FileInfo, data: &[u8], others: &[
 }
 
 /// The tracker's list: owner 1 complete, the others partial.
-fn listing(info: FileInfo, data: &[u8], partial: &[u16]) -> Vec<(SocketAddr, bool)> {
+fn listing(info: FileInfo, data: &[u8], partial: &[u16]) -> Vec<Owner<'static>> {
     std::iter::once(1)
         .chain(partial.iter().copied())
-        .map(|n| (owner(n, info, data, Acts::Honest).addr, n == 1))
+        .map(|n| Owner {
+            node_name: "o",
+            addr: owner(n, info, data, Acts::Honest).addr,
+            info,
+            complete: n == 1,
+        })
         .collect()
 }
 
-#[test]
-fn an_owner_listed_later_and_ranked_higher_takes_the_place_of_an_idle_partial_owner() {
-    let data = file(8 * PIECE as usize, 7);
-    let info = info_of(&data);
+/// A download with its three places taken: the seed (owner 1), a partial owner asked for
+/// pieces 0 and 1 (owner 2) and an idle partial owner holding nothing (owner 3).
+fn three_places_taken(data: &[u8]) -> (Download<MemStore>, Io, [SlotId; 3]) {
     let config = DownloadConfig {
         max_peers: 3,
         ..DownloadConfig::default()
     };
     let mut dl = Download::new("f", "me", config, Instant::now());
     let mut io = Io::default();
-    let (seed, peers) = seed_and_partials(&mut dl, &mut io, &data, &[&[0, 1], &[]]);
+    let (seed, peers) = seed_and_partials(&mut dl, &mut io, data, &[&[0, 1], &[]]);
     let (busy, idle) = (peers[0], peers[1]);
     assert_eq!(requested_pieces(&mut io, busy), [0, 1]);
-    let owners = |listed: &[(SocketAddr, bool)]| -> Vec<Owner<'static>> {
-        listed
-            .iter()
-            .map(|&(addr, complete)| Owner {
-                node_name: "o",
-                addr,
-                info,
-                complete,
-            })
-            .collect()
-    };
+    (dl, io, [seed, busy, idle])
+}
+
+#[test]
+fn an_owner_listed_later_and_ranked_higher_takes_the_place_of_an_idle_partial_owner() {
+    let data = file(8 * PIECE as usize, 7);
+    let info = info_of(&data);
+    let (mut dl, mut io, [seed, busy, idle]) = three_places_taken(&data);
     let now = Instant::now();
     // Listed later and ranked below both partial owners: nobody makes room for it.
     let lower = ranked_below(&dl, info, &data, &[2, 3]);
     io.connects.clear();
-    dl.handle_owners(now, &owners(&listing(info, &data, &[2, 3, lower])), &mut io);
+    dl.handle_owners(now, &listing(info, &data, &[2, 3, lower]), &mut io);
     assert!(io.connects.is_empty() && io.closed.is_empty());
     // Ranked above the idle one (owner 3): it takes that place, the busy one stays.
     let idle_rank = rank_of(&dl, info, &data, 3);
     let higher = (10..1000)
         .find(|&n| rank_of(&dl, info, &data, n) < idle_rank)
         .expect("some owner ranks higher");
-    dl.handle_owners(
-        now,
-        &owners(&listing(info, &data, &[2, 3, lower, higher])),
-        &mut io,
-    );
+    dl.handle_owners(now, &listing(info, &data, &[2, 3, lower, higher]), &mut io);
     assert_eq!(io.closed, [idle], "only the idle partial owner goes");
     let connected: Vec<SocketAddr> = io.connects.iter().map(|&(_, a)| a).collect();
     assert_eq!(connected, [owner(higher, info, &data, Acts::Honest).addr]);
@@ -876,32 +873,12 @@ fn an_owner_listed_later_and_ranked_higher_takes_the_place_of_an_idle_partial_ow
 fn with_every_place_taken_an_idle_partial_owner_makes_room_for_one_never_tried() {
     let data = file(8 * PIECE as usize, 7);
     let info = info_of(&data);
-    let config = DownloadConfig {
-        max_peers: 3,
-        ..DownloadConfig::default()
-    };
-    let mut dl = Download::new("f", "me", config, Instant::now());
-    let mut io = Io::default();
-    let (seed, peers) = seed_and_partials(&mut dl, &mut io, &data, &[&[0, 1], &[]]);
-    let (busy, idle) = (peers[0], peers[1]);
-    assert_eq!(requested_pieces(&mut io, busy), [0, 1]);
+    let (mut dl, mut io, [seed, busy, idle]) = three_places_taken(&data);
     // A downloader listed a tracker round later, ranked below those connected (so its
     // listing alone changes nothing): every place is taken.
     let n = ranked_below(&dl, info, &data, &[2, 3]);
     let late = owner(n, info, &data, Acts::Honest);
-    let listed: Vec<Owner<'_>> = [(1, true), (2, false), (3, false), (n, false)]
-        .iter()
-        .map(|&(n, complete)| {
-            let o = owner(n, info, &data, Acts::Honest);
-            (o.addr, complete)
-        })
-        .map(|(addr, complete)| Owner {
-            node_name: "o",
-            addr,
-            info,
-            complete,
-        })
-        .collect();
+    let listed = listing(info, &data, &[2, 3, n]);
     io.connects.clear();
     dl.handle_owners(Instant::now(), &listed, &mut io);
     assert!(io.connects.is_empty(), "no place free yet");
