@@ -334,6 +334,73 @@ fn an_upload_limit_paces_an_owner_below_what_its_link_could_send() {
     );
 }
 
+#[test]
+fn a_paced_owner_counts_everything_it_sends_against_its_rate() {
+    // 8 MiB in 16 KiB pieces: 16 KiB of hashes an answer, 12 downloaders asking the one
+    // owner, and the requests it sends back (`Cancel`s). Hash answers go out at once but
+    // are charged, so once the first asks are repaid (an answer window, 1 s) the owner is
+    // never further ahead of its limit than the bucket's burst and one block; before
+    // that, the first asks' share may add to it. Uncharged, the hashes and `Cancel`s put
+    // it 240 KB ahead.
+    let file = file_bytes(8 << 20, 9);
+    let limit = 1u64 << 20;
+    let mut specs = vec![Spec {
+        piece_size: 16 << 10,
+        max_upload_rate: Some(limit),
+        ..owner("alice", access(64.0, 64.0, 5), &file)
+    }];
+    let names = [
+        "d01", "d02", "d03", "d04", "d05", "d06", "d07", "d08", "d09", "d10", "d11", "d12",
+    ];
+    specs.extend(names.iter().map(|&n| downloader(n, access(1.0, 64.0, 5))));
+    let mut swarm = Swarm::new(access(100.0, 100.0, 1), specs);
+    let eps = 2..=names.len() + 1;
+    let over = |s: &Swarm| {
+        eps.clone()
+            .all(|ep| downloaded(s, ep, "f.bin") || failed(s, ep).is_some())
+    };
+    // The bucket's burst (a twentieth of a second, at least 64 KiB), one block and its
+    // frame, and a little for the tracker and the turned-down asks.
+    let burst = (limit / 20).max(64 << 10);
+    let steady_ahead = burst + (16 << 10) + 4096;
+    let first_asks = (file.len() as u64) / 64;
+    let step = Duration::from_millis(20);
+    let (mut worst_early, mut worst_steady) = (0i64, 0i64);
+    // Bounded: 6,000 steps of 20 ms at most, 120 s of simulated time.
+    for _ in 0..6_000 {
+        if over(&swarm) {
+            break;
+        }
+        swarm.run_until(step, over);
+        let elapsed = swarm.elapsed();
+        let ahead = swarm.net.sent[1] as i64 - (limit as f64 * elapsed.as_secs_f64()) as i64;
+        if elapsed <= Duration::from_secs(1) {
+            worst_early = worst_early.max(ahead);
+        } else {
+            worst_steady = worst_steady.max(ahead);
+        }
+    }
+    assert!(
+        over(&swarm),
+        "no result after {:?}: {:?}",
+        swarm.elapsed(),
+        swarm.net.said
+    );
+    for ep in eps.clone() {
+        assert_same(&swarm, ep, &file);
+    }
+    eprintln!("the paced owner was ahead of its limit by {worst_early} bytes at most in the first second, {worst_steady} after");
+    assert!(
+        worst_steady <= steady_ahead as i64,
+        "after the first second the owner sent {worst_steady} bytes more than 1 MiB/s allows (burst and a block: {steady_ahead})"
+    );
+    assert!(
+        worst_early <= (steady_ahead + first_asks) as i64,
+        "in the first second the owner sent {worst_early} bytes more than 1 MiB/s allows (burst, a block and the first asks' share: {})",
+        steady_ahead + first_asks
+    );
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 12, .. ProptestConfig::default() })]
 

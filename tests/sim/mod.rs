@@ -123,6 +123,11 @@ impl Swarm {
         self.dirs[ep - 1].path()
     }
 
+    /// Simulated time since the start.
+    pub fn elapsed(&self) -> Duration {
+        self.net.now.saturating_duration_since(self.start)
+    }
+
     /// Simulated seconds from the start to when `ep` said it downloaded its file.
     pub fn took(&self, ep: usize) -> Option<f64> {
         let at = self.net.done_at[ep]?;
@@ -226,6 +231,8 @@ impl Swarm {
                 (Some(e), Some((t, ep))) if t < e => self.fire_timer(t, ep),
                 (Some(e), _) => {
                     if e > end {
+                        // Nothing happens before `end`: it is where the next call starts.
+                        self.net.now = self.net.now.max(end);
                         return false;
                     }
                     let Some(Reverse(q)) = self.net.queue.pop() else {

@@ -49,6 +49,15 @@ pub(super) fn shared_by_root<'a>(
         .map(|(_, s)| s)
 }
 
+/// Charges `bytes` a node queued for its peers to its upload rate, if it has one:
+/// `--max-upload-rate` covers everything it sends while sharing (hashes, `HavePiece`s,
+/// requests sent back), not only the blocks.
+pub(super) fn charge_upload(bucket: &mut Option<TokenBucket>, now: Instant, bytes: usize) {
+    if let Some(bucket) = bucket.as_mut() {
+        bucket.take(now, bytes as u64);
+    }
+}
+
 pub(super) fn shared_view(s: &Shared) -> FileView<'_> {
     FileView {
         name: &s.name,
@@ -257,7 +266,9 @@ impl Node {
             };
             if !serve.answers_hashes(now, first_answered) {
                 if let Some(out) = io.out_buf(conn) {
+                    let before = out.len();
                     serve.turn_down_hashes(root, *first, out);
+                    charge_upload(&mut self.bucket, now, out.len() - before);
                 }
                 return;
             }
@@ -267,7 +278,12 @@ impl Node {
             downloads: &self.downloads,
         };
         let Some(out) = io.out_buf(conn) else { return };
-        if serve.handle_message(self.now, msg, &lib, out) == ServeOutcome::Close {
+        let before = out.len();
+        let outcome = serve.handle_message(self.now, msg, &lib, out);
+        // Hash and size answers are uploads too, so a crowd's hash requests cannot push a
+        // paced node past its rate.
+        charge_upload(&mut self.bucket, self.now, out.len().saturating_sub(before));
+        if outcome == ServeOutcome::Close {
             log::info!(
                 "closing a serving connection from {:?}: bad request",
                 io.peer_addr(conn)

@@ -297,7 +297,9 @@ impl Node {
             if let Role::Serve(serve, _) = role {
                 if serve.watches(&info.root) {
                     if let Some(out) = io.out_buf(conn) {
+                        let queued = out.len();
                         let _ = wire::encode(&have, out);
+                        sharing::charge_upload(&mut self.bucket, self.now, out.len() - queued);
                     }
                 }
             }

@@ -101,7 +101,9 @@ impl Node {
                 continue;
             };
             if let Some(out) = io.out_buf(*conn) {
+                let queued = out.len();
                 stale += serve.turn_down_stale(before, SWEEP_DEPTH, elsewhere, out) as u64;
+                sharing::charge_upload(&mut self.bucket, self.now, out.len() - queued);
             }
         }
         self.uploads.turned_down.0 += stale;
@@ -134,7 +136,9 @@ impl Node {
                     continue;
                 };
                 if let Some(out) = io.out_buf(*conn) {
+                    let queued = out.len();
                     let turned = serve.turn_down_newest(1, SWEEP_DEPTH, partial, out);
+                    sharing::charge_upload(&mut self.bucket, self.now, out.len() - queued);
                     waiting = waiting.saturating_sub(turned);
                     self.uploads.turned_down.1 += u64::from(turned > 0);
                     turned_any |= turned > 0;
