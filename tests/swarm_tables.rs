@@ -45,15 +45,25 @@
 //!   at about the uplink's pace: 16 at 1.54x (paced 1.47x), 100 at 1.82x (1.60x), 1,000 at
 //!   2.09x (1.95x); with `SHOAL_TABLE_MIB=32`, 16 at 1.14x, 100 at 1.26x, 1,000 at 1.35x
 //!   (before the hold's bound), the owner sending 1.20 files.
+//! - since `--max-upload-rate` counts everything a node sends (hashes, `HavePiece`s,
+//!   requests sent back), paced: 16 at 1.33x, 100 at 1.80x, 1,000 at 1.97x; the flash
+//!   crowds without a cap are unchanged. With `SHOAL_TABLE_MIB=64` (F/R = 8 s, as in
+//!   `cargo bench --bench swarm`): 16 at 1.07x (paced 1.05x), 100 at 1.15x (1.13x), the
+//!   owner sending 1.03–1.06 files; with `SHOAL_TABLE_MIB=32`, 1,000 at 1.35x
+//!   (median 1.28x), the owner sending 1.21 files, the crowd using 75 % of its upload.
 //!
 //! What is left. At 8 MiB (32 pieces) a piece spreads from holder to holder about every
 //! 50 ms: 31 ms to send it at R, plus the announcement and the request, a round trip of
 //! 20 ms here. The owner's last new piece leaves at about 1.1 s and needs ten such steps
 //! to reach 1,000 nodes; at 1.05 s a downloader still missed 21 pieces of which 12 were at
-//! none of its 64 owners (the young ones). Paced, the 1,000-node crowd lost ground:
-//! 1.79x before, 1.84x with the first three changes, 1.93–1.95x with the hash turn-downs. There
-//! hashes go out at the link's speed (they bypass the rate limit), so the owner saves
-//! less than the downloaders sent elsewhere lose by joining the mesh a tracker round later.
+//! none of its 64 owners (the young ones). The mesh forms late: until 0.20 s only the
+//! owner and the tracker have links, since a downloader is listed as a partial owner once
+//! its hashes check and the tracker pushes changed lists 100 ms after the first change
+//! (25 ms instead changed 1,000 by nothing and 100 by 0.03x). Paced, the crowds pay for
+//! what the cap now counts: a partial owner's `HavePiece`s to its 64 watchers are about 1 %
+//! of its upload at 256 KiB pieces, yet at 100 downloaders the crowd took 1.62–1.73x with
+//! them uncharged and 1.77–1.92x charged (8, 7 and 9 MiB): small shifts in who holds what
+//! when move these 8 MiB crowds by a tenth.
 
 // Each test binary uses its own part of the simulator.
 #[allow(dead_code)]
