@@ -227,22 +227,25 @@ impl Swarm {
             }
             let event_at = self.net.queue.peek().map(|Reverse(q)| q.at);
             let timer = self.next_timer();
+            let next = [event_at, timer.map(|(t, _)| t)]
+                .into_iter()
+                .flatten()
+                .min();
+            if next.is_none_or(|at| at > end) {
+                // Nothing happens before `end`: it is where the next call starts.
+                self.net.now = self.net.now.max(end);
+                return false;
+            }
             match (event_at, timer) {
                 (Some(e), Some((t, ep))) if t < e => self.fire_timer(t, ep),
-                (Some(e), _) => {
-                    if e > end {
-                        // Nothing happens before `end`: it is where the next call starts.
-                        self.net.now = self.net.now.max(end);
-                        return false;
-                    }
+                (None, Some((t, ep))) => self.fire_timer(t, ep),
+                _ => {
                     let Some(Reverse(q)) = self.net.queue.pop() else {
                         return false;
                     };
                     self.net.now = self.net.now.max(q.at);
                     self.apply(q.event);
                 }
-                (None, Some((t, ep))) => self.fire_timer(t, ep),
-                (None, None) => return false,
             }
             // Only the endpoints this step may have let send: pumping all of them after
             // every step would be most of a big swarm's cost.

@@ -282,7 +282,7 @@ impl Node {
         let outcome = serve.handle_message(self.now, msg, &lib, out);
         // Hash and size answers are uploads too, so a crowd's hash requests cannot push a
         // paced node past its rate.
-        charge_upload(&mut self.bucket, self.now, out.len().saturating_sub(before));
+        charge_upload(&mut self.bucket, self.now, out.len() - before);
         if outcome == ServeOutcome::Close {
             log::info!(
                 "closing a serving connection from {:?}: bad request",
@@ -361,11 +361,12 @@ impl Node {
             let Some(out) = io.out_buf(conn) else {
                 return false;
             };
-            match serve_block(&request, &lib, out, may_wait) {
+            let queued = out.len();
+            let served = serve_block(&request, &lib, out, may_wait);
+            // The whole frame counts, its header with the block.
+            charge_upload(&mut self.bucket, now, out.len().saturating_sub(queued));
+            match served {
                 Ok(Served::Sent(sent)) => {
-                    if let Some(bucket) = self.bucket.as_mut() {
-                        bucket.take(now, u64::from(sent));
-                    }
                     if let Some(view) = lib.by_root(&request.root) {
                         let pieces = view.info.layout().piece_count();
                         self.uploads.record(&request.root, request.piece, pieces);
@@ -401,6 +402,7 @@ impl Node {
                     let root = request.root;
                     self.check_shared(io, None, Some(&root));
                     if let Some(out) = io.out_buf(conn) {
+                        let queued = out.len();
                         let _ = wire::encode(
                             &Message::Error {
                                 code: ErrorCode::Refused,
@@ -408,6 +410,7 @@ impl Node {
                             },
                             out,
                         );
+                        charge_upload(&mut self.bucket, now, out.len() - queued);
                     }
                     self.conns.remove(&conn);
                     io.close(conn);
