@@ -49,7 +49,10 @@ impl TokenBucket {
         if self.tokens > 0.0 {
             return now;
         }
-        now + Duration::from_secs_f64((-self.tokens + 1.0) / self.rate)
+        // At least a nanosecond: at gigabytes a second a small debt rounds to none, and a
+        // wake-up at `now` would be no wake-up at all.
+        let wait = Duration::from_secs_f64((-self.tokens + 1.0) / self.rate);
+        now + wait.max(Duration::from_nanos(1))
     }
 }
 
@@ -115,5 +118,14 @@ mod tests {
         let expected = (1u64 << 20) + (64 << 10);
         assert!(sent <= expected + (16 << 10), "sent {sent}");
         assert!(sent >= (1 << 20) - (16 << 10), "sent {sent}");
+    }
+
+    #[test]
+    fn a_bucket_in_debt_is_ready_later_at_any_rate() {
+        let now = Instant::now();
+        let mut bucket = TokenBucket::new(8 << 30, now);
+        bucket.take(now, (8u64 << 30) / 20 + 1);
+        assert!(!bucket.ready(now));
+        assert!(bucket.ready_at(now) > now);
     }
 }
