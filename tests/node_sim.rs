@@ -6,6 +6,7 @@ mod sim;
 use std::time::Duration;
 
 use proptest::prelude::*;
+use shoal::node::rate::{BURST, MIN_BURST};
 use sim::*;
 
 #[test]
@@ -370,7 +371,7 @@ fn paced_nodes_count_everything_they_send_against_their_rate() {
     // frame, what a 5 ms sample may miss at either end of a stretch, and a little for the
     // tracker and the `HavePiece`s sent along with a block.
     let step = Duration::from_millis(5);
-    let burst = (limit / 20).max(64 << 10);
+    let burst = ((limit as f64 * BURST.as_secs_f64()) as u64).max(MIN_BURST);
     let sampling = (limit as f64 * step.as_secs_f64()) as u64;
     let steady_ahead = (burst + (16 << 10) + 64 + sampling + 4096) as i64;
     let first_asks = (file.len() as u64 / 64) as i64;

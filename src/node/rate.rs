@@ -2,6 +2,12 @@
 
 use std::time::{Duration, Instant};
 
+/// How much of a second's worth a full bucket holds: keeps the rate within a few percent
+/// over any second.
+pub const BURST: Duration = Duration::from_millis(50);
+/// The least a full bucket holds, so a slow cap still sends whole blocks at once.
+pub const MIN_BURST: u64 = 64 << 10;
+
 /// Bytes per second a node may upload, with a short burst allowance.
 #[derive(Debug, Clone)]
 pub struct TokenBucket {
@@ -15,8 +21,7 @@ impl TokenBucket {
     /// A bucket allowing `rate` bytes per second, starting full.
     pub fn new(rate: u64, now: Instant) -> Self {
         let rate = rate.max(1) as f64;
-        // A twentieth of a second of burst keeps the rate within a few percent over any second.
-        let burst = (rate / 20.0).max(64.0 * 1024.0);
+        let burst = (rate * BURST.as_secs_f64()).max(MIN_BURST as f64);
         TokenBucket {
             rate,
             burst,
