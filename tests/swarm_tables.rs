@@ -49,7 +49,7 @@
 //!   requests sent back), paced: 16 at 1.33x, 100 at 1.80x, 1,000 at 1.97x; the flash
 //!   crowds without a cap are unchanged. With `SHOAL_TABLE_MIB=64` (F/R = 8 s, as in
 //!   `cargo bench --bench swarm`): 16 at 1.07x (paced 1.05x), 100 at 1.15x (1.13x), 1,000
-//!   at 1.21x (median 1.18x, 21 minutes and 64 GB of copies), the owner sending 1.03–1.13
+//!   at 1.21x (1.20x; 21 minutes and 64 GB of copies each), the owner sending 1.03–1.13
 //!   files; with `SHOAL_TABLE_MIB=32`, 1,000 at 1.35x (median 1.28x), the owner sending
 //!   1.21 files, the crowd using 75 % of its upload.
 //!
