@@ -49,13 +49,24 @@ pub(super) fn shared_by_root<'a>(
         .map(|(_, s)| s)
 }
 
-/// Charges `bytes` a node queued for its peers to its upload rate, if it has one:
-/// `--max-upload-rate` covers everything it sends while sharing (hashes, `HavePiece`s,
-/// requests sent back), not only the blocks.
-pub(super) fn charge_upload(bucket: &mut Option<TokenBucket>, now: Instant, bytes: usize) {
+/// Lets `write` append frames to serving connection `conn` and charges what it queued
+/// to the upload cap, if there is one: `--max-upload-rate` covers everything a node
+/// sends those it serves (blocks with their frames, hashes, `HavePiece`s, requests sent
+/// back), not only the blocks. `None` if `conn` is closed.
+pub(super) fn send_charged<R>(
+    io: &mut dyn NodeIo,
+    bucket: &mut Option<TokenBucket>,
+    now: Instant,
+    conn: ConnId,
+    write: impl FnOnce(&mut Vec<u8>) -> R,
+) -> Option<R> {
+    let out = io.out_buf(conn)?;
+    let queued = out.len();
+    let result = write(out);
     if let Some(bucket) = bucket.as_mut() {
-        bucket.take(now, bytes as u64);
+        bucket.take(now, out.len().saturating_sub(queued) as u64);
     }
+    Some(result)
 }
 
 pub(super) fn shared_view(s: &Shared) -> FileView<'_> {
@@ -265,11 +276,9 @@ impl Node {
                 })
             };
             if !serve.answers_hashes(now, first_answered) {
-                if let Some(out) = io.out_buf(conn) {
-                    let before = out.len();
-                    serve.turn_down_hashes(root, *first, out);
-                    charge_upload(&mut self.bucket, now, out.len() - before);
-                }
+                send_charged(io, &mut self.bucket, now, conn, |out| {
+                    serve.turn_down_hashes(root, *first, out)
+                });
                 return;
             }
         }
@@ -277,12 +286,14 @@ impl Node {
             shared: &self.shared,
             downloads: &self.downloads,
         };
-        let Some(out) = io.out_buf(conn) else { return };
-        let before = out.len();
-        let outcome = serve.handle_message(self.now, msg, &lib, out);
+        let now = self.now;
         // Hash and size answers are uploads too, so a crowd's hash requests cannot push a
         // paced node past its rate.
-        charge_upload(&mut self.bucket, self.now, out.len() - before);
+        let Some(outcome) = send_charged(io, &mut self.bucket, now, conn, |out| {
+            serve.handle_message(now, msg, &lib, out)
+        }) else {
+            return;
+        };
         if outcome == ServeOutcome::Close {
             log::info!(
                 "closing a serving connection from {:?}: bad request",
@@ -358,13 +369,12 @@ impl Node {
         };
         let mut may_wait = serve.take_may_wait();
         loop {
-            let Some(out) = io.out_buf(conn) else {
+            // The whole frame counts, its header with the block.
+            let Some(served) = send_charged(io, &mut self.bucket, now, conn, |out| {
+                serve_block(&request, &lib, out, may_wait)
+            }) else {
                 return false;
             };
-            let queued = out.len();
-            let served = serve_block(&request, &lib, out, may_wait);
-            // The whole frame counts, its header with the block.
-            charge_upload(&mut self.bucket, now, out.len().saturating_sub(queued));
             match served {
                 Ok(Served::Sent(sent)) => {
                     if let Some(view) = lib.by_root(&request.root) {
@@ -401,17 +411,13 @@ impl Node {
                     log::warn!("cannot serve piece {}: {}", request.piece, esc(&why));
                     let root = request.root;
                     self.check_shared(io, None, Some(&root));
-                    if let Some(out) = io.out_buf(conn) {
-                        let queued = out.len();
-                        let _ = wire::encode(
-                            &Message::Error {
-                                code: ErrorCode::Refused,
-                                reason: &why,
-                            },
-                            out,
-                        );
-                        charge_upload(&mut self.bucket, now, out.len() - queued);
-                    }
+                    let refusal = Message::Error {
+                        code: ErrorCode::Refused,
+                        reason: &why,
+                    };
+                    let _ = send_charged(io, &mut self.bucket, now, conn, |out| {
+                        wire::encode(&refusal, out)
+                    });
                     self.conns.remove(&conn);
                     io.close(conn);
                     return false;

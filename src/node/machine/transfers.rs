@@ -296,11 +296,9 @@ impl Node {
         for (&conn, role) in &self.conns {
             if let Role::Serve(serve, _) = role {
                 if serve.watches(&info.root) {
-                    if let Some(out) = io.out_buf(conn) {
-                        let queued = out.len();
-                        let _ = wire::encode(&have, out);
-                        sharing::charge_upload(&mut self.bucket, self.now, out.len() - queued);
-                    }
+                    let _ = sharing::send_charged(io, &mut self.bucket, self.now, conn, |out| {
+                        wire::encode(&have, out)
+                    });
                 }
             }
         }

@@ -100,11 +100,10 @@ impl Node {
             let Some(Role::Serve(serve, _)) = self.conns.get_mut(conn) else {
                 continue;
             };
-            if let Some(out) = io.out_buf(*conn) {
-                let queued = out.len();
-                stale += serve.turn_down_stale(before, SWEEP_DEPTH, elsewhere, out) as u64;
-                sharing::charge_upload(&mut self.bucket, self.now, out.len() - queued);
-            }
+            stale += sharing::send_charged(io, &mut self.bucket, self.now, *conn, |out| {
+                serve.turn_down_stale(before, SWEEP_DEPTH, elsewhere, out)
+            })
+            .unwrap_or(0) as u64;
         }
         self.uploads.turned_down.0 += stale;
     }
@@ -135,10 +134,11 @@ impl Node {
                 let Some(Role::Serve(serve, _)) = self.conns.get_mut(conn) else {
                     continue;
                 };
-                if let Some(out) = io.out_buf(*conn) {
-                    let queued = out.len();
-                    let turned = serve.turn_down_newest(1, SWEEP_DEPTH, partial, out);
-                    sharing::charge_upload(&mut self.bucket, self.now, out.len() - queued);
+                if let Some(turned) =
+                    sharing::send_charged(io, &mut self.bucket, self.now, *conn, |out| {
+                        serve.turn_down_newest(1, SWEEP_DEPTH, partial, out)
+                    })
+                {
                     waiting = waiting.saturating_sub(turned);
                     self.uploads.turned_down.1 += u64::from(turned > 0);
                     turned_any |= turned > 0;
